@@ -1,0 +1,171 @@
+// perceiver classify: images (or preprocessed pixels) in, top-k labels out.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <numeric>
+
+#include "common.h"
+#include "formats/npy.h"
+#include "image/image.h"
+
+namespace perceiver::cli {
+namespace {
+
+struct ClassifyArgs {
+  ModelArgs model;
+  std::vector<std::string> images;
+  std::string pixels;
+  std::string logits_out;
+  int top_k = 5;
+  int batch_size = 8;
+  bool json = false;
+  bool preprocess_defaults = false;
+  int64_t max_image_pixels = DecodeOptions{}.max_pixels;
+};
+
+struct Prediction {
+  std::vector<int> ids;
+  std::vector<double> probabilities;
+};
+
+// Softmax over one row of logits, then the k most probable classes (ties: lower index first).
+Prediction top_k(const float* logits, int num_labels, int k) {
+  double max_logit = *std::max_element(logits, logits + num_labels);
+  std::vector<double> p(num_labels);
+  double sum = 0;
+  for (int i = 0; i < num_labels; ++i) sum += (p[i] = std::exp(double(logits[i]) - max_logit));
+  std::vector<int> order(num_labels);
+  std::iota(order.begin(), order.end(), 0);
+  k = std::min(k, num_labels);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                    [&](int a, int b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+  Prediction out;
+  for (int i = 0; i < k; ++i) {
+    out.ids.push_back(order[i]);
+    out.probabilities.push_back(p[order[i]] / sum);
+  }
+  return out;
+}
+
+void print_prediction(const ClassifyArgs& args, const ModelInfo& info, const std::string& name, int index,
+                      const float* logits) {
+  Prediction pred = top_k(logits, info.num_labels, args.top_k);
+  if (args.json) {
+    nlohmann::json j;
+    j["file"] = name;
+    if (index >= 0) j["index"] = index;
+    j["labels"] = nlohmann::json::array();
+    j["label_ids"] = pred.ids;
+    j["probabilities"] = pred.probabilities;
+    for (int id : pred.ids) j["labels"].push_back(info.labels[id]);
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else {
+    std::cout << name;
+    if (index >= 0) std::cout << " [" << index << "]";
+    std::cout << "\n";
+    for (size_t i = 0; i < pred.ids.size(); ++i) {
+      char line[64];
+      std::snprintf(line, sizeof line, "  %6.2f%%  ", 100.0 * pred.probabilities[i]);
+      std::cout << line << info.labels[pred.ids[i]] << "\n";
+    }
+  }
+}
+
+void run_classify(const ClassifyArgs& args) {
+  if (args.pixels.empty() == args.images.empty())
+    throw Error(ErrorKind::usage, "classify: give either image files/folders or --pixels IN.npy");
+  if (args.top_k < 1) throw Error(ErrorKind::usage, "classify: --top-k must be at least 1");
+
+  // Read and check the inputs before the (slower) model load, so bad input fails fast.
+  NpyArray pixel_array;
+  std::vector<std::filesystem::path> files;
+  if (!args.pixels.empty()) {
+    pixel_array = read_npy(args.pixels);
+    if (pixel_array.shape.size() != 4 || pixel_array.shape[1] != 3 || pixel_array.shape[0] < 1)
+      throw Error(ErrorKind::bad_input, args.pixels + ": expected float32 pixels [B, 3, H, W]");
+    if (pixel_array.dtype != "f4")
+      throw Error(ErrorKind::bad_input, args.pixels + ": expected dtype float32, found '" + pixel_array.dtype + "'");
+  } else {
+    files = expand_image_args(args.images);
+  }
+
+  const std::filesystem::path dir = args.model.resolve_dir();
+  PreprocessorConfig prep;
+  if (!files.empty()) prep = model_preprocessor(dir, args.preprocess_defaults);
+  auto model = Model::load(dir, args.model.options());
+  const ModelInfo& info = model->info();
+  const int num_labels = info.num_labels;
+  std::vector<float> all_logits;
+
+  if (!args.pixels.empty()) {
+    const int B = static_cast<int>(pixel_array.shape[0]), H = static_cast<int>(pixel_array.shape[2]),
+              W = static_cast<int>(pixel_array.shape[3]);
+    model->check_input_size(H, W);
+    std::vector<float> pixels = pixel_array.to_f32();
+    all_logits.resize(size_t(B) * num_labels);
+    model->classify(pixels.data(), B, H, W, all_logits.data());
+    if (!args.logits_out.empty()) write_npy_f32(args.logits_out, {B, num_labels}, all_logits.data());
+    for (int b = 0; b < B; ++b) print_prediction(args, info, args.pixels, b, &all_logits[size_t(b) * num_labels]);
+    return;
+  }
+
+  // Images: decode + preprocess a batch at a time (consecutive images of equal preprocessed size).
+  DecodeOptions decode;
+  decode.max_pixels = args.max_image_pixels;
+  const int batch_size = std::max(1, args.batch_size);
+  std::vector<float> batch_pixels, batch_logits;
+  std::vector<std::string> pending_text;
+  size_t next = 0;
+  while (next < files.size()) {
+    int H = 0, W = 0, count = 0;
+    batch_pixels.clear();
+    while (next < files.size() && count < batch_size) {
+      ImageU8 image = load_image(files[next], decode);
+      int h, w;
+      preprocessed_size(prep, image, &h, &w);
+      if (count > 0 && (h != H || w != W)) break;  // different size: starts the next batch
+      if (count == 0) {
+        H = h;
+        W = w;
+        model->check_input_size(H, W);
+      }
+      batch_pixels.resize(size_t(count + 1) * 3 * H * W);
+      preprocess(image, prep, &batch_pixels[size_t(count) * 3 * H * W]);
+      ++count;
+      ++next;
+    }
+    batch_logits.resize(size_t(count) * num_labels);
+    model->classify(batch_pixels.data(), count, H, W, batch_logits.data());
+    for (int b = 0; b < count; ++b)
+      print_prediction(args, info, files[next - count + b].string(), -1, &batch_logits[size_t(b) * num_labels]);
+    std::cout.flush();
+    all_logits.insert(all_logits.end(), batch_logits.begin(), batch_logits.end());
+  }
+  if (!args.logits_out.empty())
+    write_npy_f32(args.logits_out, {static_cast<int64_t>(files.size()), num_labels}, all_logits.data());
+}
+
+}  // namespace
+
+void register_classify(CLI::App& app) {
+  auto args = std::make_shared<ClassifyArgs>();
+  CLI::App* cmd = app.add_subcommand("classify", "Classify images (or preprocessed pixels) and print the top-k labels");
+  args->model.add_to(cmd);
+  cmd->add_option("images", args->images, "Image files (JPEG, PNG, WebP) or folders of images (sorted order)");
+  cmd->add_option("--pixels", args->pixels, "Preprocessed float32 pixels [B,3,H,W] (.npy) instead of images");
+  cmd->add_option("--logits-out", args->logits_out, "Write float32 logits [num_images, num_labels] to this .npy");
+  cmd->add_option("-k,--top-k", args->top_k, "Labels printed per image (default 5)");
+  cmd->add_option("-b,--batch-size", args->batch_size, "Images per forward pass (default 8)");
+  cmd->add_flag("--json", args->json, "One JSON object per image: file, labels, label_ids, probabilities");
+  cmd->add_flag("--preprocess-defaults", args->preprocess_defaults,
+                "Without preprocessor_config.json, use PerceiverImageProcessor's defaults");
+  cmd->add_option("--max-image-pixels", args->max_image_pixels,
+                  "Refuse images above twice this many pixels, as Pillow does (default 89478485)");
+  cmd->callback([args]() { run_classify(*args); });
+}
+
+}  // namespace perceiver::cli

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of perceiver.cpp from Debian's archive. Idempotent.
+# Usage: sudo bash scripts/install-deps.sh        (runs apt-get update first)
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+PACKAGES=(
+  build-essential cmake ninja-build pkg-config git
+  nlohmann-json3-dev libcli11-dev          # JSON, command line
+  libzip-dev zlib1g-dev                     # pytorch_model.bin (zip)
+  libjpeg62-turbo-dev libpng-dev libwebp-dev libexif-dev   # image codecs, the ones Pillow uses
+  libcurl4-openssl-dev libssl-dev           # hub downloads, sha256
+  libdnnl-dev ocl-icd-opencl-dev            # oneDNN GEMMs (its CMake config needs OpenCL headers)
+  libgtest-dev libgmock-dev libbenchmark-dev  # tests, micro-benchmarks
+  clang-14 libclang-rt-14-dev               # fuzzing (libFuzzer)
+  python3 python3-numpy                     # the hub stand-in server used by tests
+  dataset-fashion-mnist                     # real-data accuracy test
+)
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+echo "install-deps: ok"

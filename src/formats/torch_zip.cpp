@@ -1,0 +1,279 @@
+// pytorch_model.bin as written by torch.save (zip format, torch >= 1.6):
+//   <root>/data.pkl     pickle of {name: _rebuild_tensor_v2(persistent storage id, offset, size, stride, ...)}
+//   <root>/data/<key>   raw little-endian storage bytes (normally stored uncompressed)
+//   <root>/version, <root>/byteorder (optional), ...
+#include <sys/stat.h>
+#include <zip.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <set>
+#include <system_error>
+
+#include "formats/pickle.h"
+#include "formats/tensor_file.h"
+#include "perceiver/error.h"
+
+namespace perceiver {
+namespace {
+
+constexpr uint64_t kMaxPickleBytes = uint64_t{64} << 20;
+constexpr uint64_t kMaxEntryBytes = uint64_t{8} << 30;  // 8 GiB: far beyond any Perceiver storage
+constexpr uint64_t kMaxDeflateRatio = 1032;            // deflate cannot expand data by more than this
+constexpr int64_t kMaxEntries = 1'000'000;
+
+alignas(16) const std::byte kEmpty[16] = {};
+
+struct Buffer {
+  std::unique_ptr<std::byte[]> bytes;  // operator new: aligned for any dtype
+  size_t size = 0;
+};
+
+class TorchZipFile final : public TensorFile {
+ public:
+  explicit TorchZipFile(const std::filesystem::path& path) { path_ = path; }
+  ~TorchZipFile() override {
+    if (zip_) zip_discard(zip_);
+  }
+  TorchZipFile(const TorchZipFile&) = delete;
+  TorchZipFile& operator=(const TorchZipFile&) = delete;
+
+  void load();
+
+ private:
+  [[noreturn]] void fail(const std::string& what) const {
+    throw Error(ErrorKind::model, path_.string() + ": " + what);
+  }
+  void open_archive();
+  Buffer read_entry(zip_int64_t index, const std::string& name, uint64_t max_size);
+  const Buffer& storage(const pickle::Value& ref);
+  void add_tensor(const std::string& name, const pickle::Value& t);
+
+  zip_t* zip_ = nullptr;
+  uint64_t file_size_ = 0;
+  std::string root_;                        // "archive", "pytorch_model", ...
+  std::map<std::string, Buffer> storages_;  // key -> bytes
+  std::map<std::string, std::pair<DType, int64_t>> storage_info_;  // key -> (dtype, numel) first seen
+  std::vector<Buffer> copies_;              // materialised non-contiguous tensors
+};
+
+void TorchZipFile::open_archive() {
+  struct stat st;
+  if (::stat(path_.c_str(), &st) != 0) {
+    int err = errno;
+    if (err == ENOENT || err == ENOTDIR) fail("no such file");
+    fail(std::generic_category().message(err));
+  }
+  if (!S_ISREG(st.st_mode)) fail("not a regular file");
+  file_size_ = static_cast<uint64_t>(st.st_size);
+
+  int code = 0;
+  zip_ = zip_open(path_.c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &code);
+  if (!zip_) {
+    zip_error_t error;
+    zip_error_init_with_code(&error, code);
+    std::string message = zip_error_strerror(&error);
+    zip_error_fini(&error);
+    fail("not a valid zip archive (" + message + ")");
+  }
+}
+
+// Reads a whole entry into an owned buffer, bounding its size before allocating.
+Buffer TorchZipFile::read_entry(zip_int64_t index, const std::string& name, uint64_t max_size) {
+  const std::string where = "zip entry '" + printable(name) + "'";
+  zip_stat_t st;
+  zip_stat_init(&st);
+  if (zip_stat_index(zip_, static_cast<zip_uint64_t>(index), 0, &st) != 0)
+    fail(where + ": " + zip_strerror(zip_));
+  constexpr zip_uint64_t kNeeded = ZIP_STAT_SIZE | ZIP_STAT_COMP_SIZE | ZIP_STAT_COMP_METHOD;
+  if ((st.valid & kNeeded) != kNeeded) fail(where + ": sizes unknown");
+  if ((st.valid & ZIP_STAT_ENCRYPTION_METHOD) && st.encryption_method != ZIP_EM_NONE)
+    fail(where + " is encrypted");
+  if (st.comp_size > file_size_)
+    fail(where + " claims " + std::to_string(st.comp_size) + " compressed bytes, more than the file size " +
+         std::to_string(file_size_));
+  if (st.comp_method == ZIP_CM_STORE ? st.size != st.comp_size
+                                     : st.size / kMaxDeflateRatio > st.comp_size + 1)
+    fail(where + " has inconsistent sizes (" + std::to_string(st.comp_size) + " compressed, " +
+         std::to_string(st.size) + " uncompressed)");
+  if (st.size > max_size)
+    fail(where + " is " + std::to_string(st.size) + " bytes, over the limit of " + std::to_string(max_size));
+
+  Buffer buffer;
+  buffer.size = static_cast<size_t>(st.size);
+  buffer.bytes = std::make_unique_for_overwrite<std::byte[]>(buffer.size ? buffer.size : 1);
+  zip_file_t* f = zip_fopen_index(zip_, static_cast<zip_uint64_t>(index), 0);
+  if (!f) fail(where + ": " + zip_strerror(zip_));
+  size_t done = 0;
+  std::string error;
+  while (done < buffer.size) {
+    zip_int64_t n = zip_fread(f, buffer.bytes.get() + done, buffer.size - done);
+    if (n < 0) {
+      error = zip_file_strerror(f);
+      break;
+    }
+    if (n == 0) {
+      error = "ends after " + std::to_string(done) + " of " + std::to_string(buffer.size) + " bytes";
+      break;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (error.empty()) {  // one more read reaches the end of the entry, where libzip checks the CRC
+    std::byte extra;
+    zip_int64_t n = zip_fread(f, &extra, 1);
+    if (n < 0) error = zip_file_strerror(f);
+    if (n > 0) error = "holds more bytes than its header says";
+  }
+  zip_fclose(f);
+  if (!error.empty()) fail(where + ": " + printable(error));
+  return buffer;
+}
+
+// The bytes of a storage, read once per key.
+const Buffer& TorchZipFile::storage(const pickle::Value& ref) {
+  auto [info, fresh] = storage_info_.try_emplace(ref.text, ref.dtype, ref.integer);
+  if (!fresh && (info->second.first != ref.dtype || info->second.second != ref.integer))
+    fail("storage '" + ref.text + "' is referenced with different types or sizes");
+  if (auto it = storages_.find(ref.text); it != storages_.end()) return it->second;
+
+  const std::string name = root_ + "/data/" + ref.text;
+  zip_int64_t index = zip_name_locate(zip_, name.c_str(), 0);
+  if (index < 0) fail("storage '" + ref.text + "' has no zip entry '" + printable(name) + "'");
+  const uint64_t elem = dtype_size(ref.dtype);
+  uint64_t expected;
+  if (__builtin_mul_overflow(static_cast<uint64_t>(ref.integer), elem, &expected) || expected > kMaxEntryBytes)
+    fail("storage '" + ref.text + "' of " + std::to_string(ref.integer) + " elements is too large");
+  Buffer bytes = read_entry(index, name, kMaxEntryBytes);
+  if (bytes.size != expected)
+    fail("storage '" + ref.text + "' has " + std::to_string(bytes.size) + " bytes, expected " +
+         std::to_string(ref.integer) + " x " + std::to_string(elem));
+  return storages_.emplace(ref.text, std::move(bytes)).first->second;
+}
+
+void TorchZipFile::add_tensor(const std::string& name, const pickle::Value& t) {
+  const std::string where = "tensor '" + printable(name) + "'";
+  const pickle::Value& ref = *t.storage;
+  const Buffer& store = storage(ref);
+  const int64_t storage_numel = ref.integer;
+  const size_t elem = dtype_size(t.dtype);
+  const size_t rank = t.size.size();
+
+  TensorRef out;
+  out.name = name;
+  out.dtype = t.dtype;
+  out.shape = t.size;
+  // numel and the largest element index touched, overflow-checked.
+  int64_t numel = 1, last = t.integer;
+  bool overflow = false;
+  for (size_t i = 0; i < rank; ++i) {
+    int64_t span;
+    overflow |= __builtin_mul_overflow(numel, t.size[i], &numel);
+    if (t.size[i] > 0) {
+      overflow |= __builtin_mul_overflow(t.size[i] - 1, t.stride[i], &span);
+      overflow |= __builtin_add_overflow(last, span, &last);
+    }
+  }
+  auto layout = [&] {
+    std::string s = "offset " + std::to_string(t.integer) + ", size " + out.shape_string() + ", stride [";
+    for (size_t i = 0; i < rank; ++i) s += (i ? ", " : "") + std::to_string(t.stride[i]);
+    return s + "]";
+  };
+  if (overflow) fail(where + " (" + layout() + ") is too large");
+  if (numel == 0) {
+    out.data = kEmpty;
+    tensors_.push_back(std::move(out));
+    return;
+  }
+  if (last >= storage_numel)
+    fail(where + " (" + layout() + ") reaches element " + std::to_string(last) + " beyond its storage of " +
+         std::to_string(storage_numel) + " elements");
+  out.nbytes = static_cast<size_t>(numel) * elem;
+
+  bool contiguous = true;  // C order; strides of size-1 dimensions do not matter
+  int64_t expected = 1;
+  for (size_t i = rank; i-- > 0;) {
+    if (t.size[i] != 1 && t.stride[i] != expected) contiguous = false;
+    expected *= t.size[i];
+  }
+  const std::byte* base = store.bytes.get();
+  if (contiguous) {
+    out.data = base + static_cast<size_t>(t.integer) * elem;
+  } else {  // gather into a contiguous copy
+    Buffer copy;
+    copy.size = out.nbytes;
+    copy.bytes = std::make_unique_for_overwrite<std::byte[]>(copy.size);
+    std::vector<int64_t> index(rank, 0);
+    for (int64_t n = 0; n < numel; ++n) {
+      int64_t src = t.integer;
+      for (size_t i = 0; i < rank; ++i) src += index[i] * t.stride[i];
+      std::memcpy(copy.bytes.get() + static_cast<size_t>(n) * elem, base + static_cast<size_t>(src) * elem, elem);
+      for (size_t i = rank; i-- > 0;) {  // odometer increment
+        if (++index[i] < t.size[i]) break;
+        index[i] = 0;
+      }
+    }
+    out.data = copy.bytes.get();
+    copies_.push_back(std::move(copy));
+  }
+  tensors_.push_back(std::move(out));
+}
+
+void TorchZipFile::load() {
+  open_archive();
+
+  // Find the single <root>/data.pkl.
+  zip_int64_t entries = zip_get_num_entries(zip_, 0);
+  if (entries < 0 || entries > kMaxEntries) fail("zip archive has too many entries");
+  zip_int64_t pickle_index = -1;
+  for (zip_int64_t i = 0; i < entries; ++i) {
+    const char* raw = zip_get_name(zip_, static_cast<zip_uint64_t>(i), 0);
+    if (!raw) fail(std::string("unreadable zip entry name: ") + zip_strerror(zip_));
+    std::string_view name(raw);
+    size_t slash = name.find('/');
+    if (slash == 0 || slash == std::string_view::npos || name.substr(slash) != "/data.pkl") continue;
+    if (pickle_index >= 0)
+      fail("zip archive holds more than one data.pkl ('" + root_ + "/data.pkl', '" + printable(name) + "')");
+    pickle_index = i;
+    root_ = std::string(name.substr(0, slash));
+  }
+  if (pickle_index < 0) fail("no <root>/data.pkl in the zip archive (not a torch.save file)");
+
+  if (zip_int64_t bo = zip_name_locate(zip_, (root_ + "/byteorder").c_str(), 0); bo >= 0) {
+    Buffer order = read_entry(bo, root_ + "/byteorder", 16);
+    std::string_view text(reinterpret_cast<const char*>(order.bytes.get()), order.size);
+    if (text != "little") fail("byteorder '" + printable(text) + "' is not supported (only little-endian)");
+  }
+
+  Buffer program = read_entry(pickle_index, root_ + "/data.pkl", kMaxPickleBytes);
+  pickle::Result result = pickle::unpickle(std::span<const std::byte>(program.bytes.get(), program.size),
+                                           path_.string());
+  const pickle::Value& root = result.root();
+  if (root.kind != pickle::Kind::dict)
+    fail(std::string("data.pkl holds a ") + pickle::kind_name(root.kind) + ", expected a dict of tensors");
+
+  std::set<std::string> seen;
+  for (size_t i = 0; i + 1 < root.items.size(); i += 2) {
+    const pickle::Value& key = *root.items[i];
+    const pickle::Value& value = *root.items[i + 1];
+    if (key.kind != pickle::Kind::string)
+      fail(std::string("state dict has a key of type ") + pickle::kind_name(key.kind));
+    if (!seen.insert(key.text).second) fail("state dict has duplicate key '" + printable(key.text) + "'");
+    if (value.kind != pickle::Kind::tensor)
+      fail("state dict entry '" + printable(key.text) + "' is a " + pickle::kind_name(value.kind) +
+           ", not a tensor" + (value.kind == pickle::Kind::dict ? " (expected a bare state dict)" : ""));
+    add_tensor(key.text, value);
+  }
+  zip_discard(zip_);  // every byte is in owned buffers now
+  zip_ = nullptr;
+}
+
+}  // namespace
+
+std::unique_ptr<TensorFile> open_torch_zip(const std::filesystem::path& path) {
+  auto file = std::make_unique<TorchZipFile>(path);
+  file->load();
+  return file;
+}
+
+}  // namespace perceiver

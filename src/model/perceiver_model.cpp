@@ -1,0 +1,554 @@
+// The Perceiver IO image classifiers of Hugging Face transformers (modeling_perceiver.py), forward pass only:
+//   PerceiverForImageClassificationConvProcessing / ...Fourier / ...Learned.
+// Shapes: B batch, N input tokens, C input channels (322/261/512), L latents, D latent width.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "formats/tensor_file.h"
+#include "kernels/kernels.h"
+#include "model/config.h"
+#include "model/position_encoding.h"
+#include "perceiver/perceiver.h"
+
+namespace perceiver {
+namespace {
+
+constexpr float kLayerNormEps = 1e-5f;  // nn.LayerNorm default; config.layer_norm_eps is never read by HF
+constexpr float kBatchNormEps = 1e-5f;
+
+// Reads tensors by name from a weight file, checking dtype and shape, and remembers which were used.
+class WeightReader {
+ public:
+  explicit WeightReader(const TensorFile& file) : file_(file) {}
+
+  std::vector<float> get(const std::string& name, const std::vector<int64_t>& shape) {
+    const TensorRef* t = file_.find(name);
+    if (!t) {
+      missing_.push_back(name);
+      return std::vector<float>(count(shape), 0.0f);
+    }
+    used_.insert(name);
+    if (t->shape != shape) {
+      TensorRef want;
+      want.shape = shape;
+      throw Error(ErrorKind::model, file_.path().string() + ": tensor '" + name + "' has shape " +
+                                        t->shape_string() + ", expected " + want.shape_string());
+    }
+    if (t->dtype == DType::i64)
+      throw Error(ErrorKind::model, file_.path().string() + ": tensor '" + name + "' has dtype I64, expected a float");
+    return tensor_to_f32(*t, file_.path());
+  }
+
+  // Every needed tensor present, nothing unexpected left over (BatchNorm's num_batches_tracked is ignored).
+  void finish() const {
+    std::vector<std::string> unexpected;
+    for (const auto& t : file_.tensors())
+      if (!used_.count(t.name) && !t.name.ends_with("num_batches_tracked")) unexpected.push_back(t.name);
+    if (missing_.empty() && unexpected.empty()) return;
+    auto list = [](const std::vector<std::string>& names) {
+      std::string s;
+      for (size_t i = 0; i < names.size() && i < 5; ++i) s += (i ? ", '" : "'") + names[i] + "'";
+      if (names.size() > 5) s += " and " + std::to_string(names.size() - 5) + " more";
+      return s;
+    };
+    std::string msg = file_.path().string() + ": weights do not match config.json:";
+    if (!missing_.empty()) msg += " missing " + list(missing_);
+    if (!missing_.empty() && !unexpected.empty()) msg += ";";
+    if (!unexpected.empty()) msg += " unexpected " + list(unexpected);
+    throw Error(ErrorKind::model, msg);
+  }
+
+  static size_t count(const std::vector<int64_t>& shape) {
+    size_t n = 1;
+    for (auto d : shape) n *= static_cast<size_t>(d);
+    return n;
+  }
+
+ private:
+  const TensorFile& file_;
+  std::set<std::string> used_;
+  std::vector<std::string> missing_;
+};
+
+struct LayerNormWeights {
+  std::vector<float> gamma, beta;
+};
+
+// One PerceiverLayer: attention (with optional query residual) then a GELU MLP, both pre-LayerNorm.
+struct LayerWeights {
+  LayerShape shape;
+  LayerNormWeights ln_query, ln_kv, ln_mlp;  // ln_kv: cross-attention only
+  std::unique_ptr<PackedLinear> query, key, value, output, mlp1, mlp2;
+};
+
+}  // namespace
+
+class PerceiverModel final : public Model {
+ public:
+  PerceiverModel(const std::filesystem::path& model_dir, const ModelOptions& options);
+
+  const ModelInfo& info() const override { return info_; }
+  void check_input_size(int height, int width) const override;
+  double flops_per_image(int height, int width) const override;
+  void forward(const ForwardArgs& args) override;
+
+ private:
+  // Geometry of the encoder input for an image size.
+  struct InputGeometry {
+    int tokens_h = 0, tokens_w = 0;  // token grid (conv: after the stem)
+    int stem_h = 0, stem_w = 0;      // conv stem output before pooling
+    int tokens() const { return tokens_h * tokens_w; }
+  };
+  InputGeometry geometry(int height, int width) const;
+
+  void load_layer(WeightReader& reader, const std::string& prefix, const LayerShape& shape, LayerWeights* layer);
+  LayerNormWeights load_layer_norm(WeightReader& reader, const std::string& prefix, int width);
+  std::unique_ptr<PackedLinear> load_linear(WeightReader& reader, const std::string& prefix, int out, int in);
+
+  void prepare(int batch, int height, int width);
+  void build_inputs(const ForwardArgs& args);  // pixels -> inputs_ [B, N, C]
+  // x: [batch * nq, q_dim], updated in place. kv_raw: [batch * nk, kv_dim] for cross-attention, or nullptr.
+  void run_layer(const LayerWeights& w, float* x, int batch, int nq, const float* kv_raw, int nk, float* probs,
+                 const ForwardArgs& args, const char* attention_out_name);
+  void trace(const ForwardArgs& args, std::string_view name, std::vector<int64_t> shape, const float* data) const {
+    if (args.trace) (*args.trace)(name, shape, data);
+  }
+
+  PerceiverConfig config_;
+  ModelInfo info_;
+  ModelOptions options_;
+  std::unique_ptr<Backend> backend_;
+
+  // Preprocessor.
+  std::unique_ptr<PackedLinear> conv_stem_;  // conv: [64, 3*7*7] (OIHW flattened)
+  std::vector<float> bn_scale_, bn_shift_;   // conv: folded eval-mode BatchNorm, [64]
+  std::unique_ptr<PackedLinear> conv1x1_;    // learned: [256, 3]
+  std::vector<float> learned_positions_;     // learned: projected position table [N, 256]
+
+  std::vector<float> latents_;  // [L, D]
+  LayerWeights encoder_cross_;
+  std::vector<LayerWeights> self_attends_;  // shared by every block
+  std::vector<float> decoder_query_;        // [1, D]
+  LayerWeights decoder_cross_;
+  std::unique_ptr<PackedLinear> final_layer_;
+
+  // Activation buffers, planned once per (batch, height, width).
+  struct Workspace {
+    int batch = 0, height = 0, width = 0;
+    InputGeometry geo;
+    std::vector<float> fourier;           // [N, 258] position features
+    std::vector<float> im2col, stem_out;  // conv stem: [B*H1*W1, 147], [B*H1*W1, 64]
+    std::vector<float> pixels_hwc;        // fourier/learned: [B*H*W, 3]
+    std::vector<float> inputs;            // [B, N, C]
+    std::vector<float> kv_norm;           // [B, max(N, L), max kv width]
+    std::vector<float> keys, values;      // [B, max(N, L), max qk / v]
+    std::vector<float> x, x_norm;         // [B, L, D]
+    std::vector<float> decoder_x;         // [B, 1, D]
+    std::vector<float> queries, context;  // [B, L, max qk / v]
+    std::vector<float> hidden;            // [B, L, max mlp hidden]
+    std::vector<float> probs;             // only when tracing probabilities
+    std::vector<float> scratch;           // trace layout conversions
+  } ws_;
+};
+
+PerceiverModel::PerceiverModel(const std::filesystem::path& model_dir, const ModelOptions& options)
+    : options_(options) {
+  config_ = load_config(model_dir / "config.json");
+  std::filesystem::path weights_path = options.weights_file;
+  if (weights_path.empty()) {
+    weights_path = model_dir / "model.safetensors";
+    if (!std::filesystem::exists(weights_path)) weights_path = model_dir / "pytorch_model.bin";
+    if (!std::filesystem::exists(weights_path))
+      throw Error(ErrorKind::model, model_dir.string() + ": neither model.safetensors nor pytorch_model.bin found");
+  }
+  if (options.backend == "reference")
+    backend_ = make_reference_backend(options.threads);
+  else if (options.backend == "auto" || options.backend == "fast")
+    backend_ = make_best_backend(options.threads);
+  else
+    throw Error(ErrorKind::usage, "unknown backend '" + options.backend + "' (auto, fast, reference)");
+  if (options.backend == "fast" && backend_->name() == "reference")
+    throw Error(ErrorKind::usage, "the fast backend is not available on this build or CPU");
+
+  auto file = open_weights(weights_path);
+  WeightReader reader(*file);
+  const auto& c = config_;
+  const int64_t L = c.num_latents, D = c.d_latents;
+  const std::string p = "perceiver.";
+
+  switch (c.architecture) {
+    case Architecture::conv: {
+      const std::string cp = p + "input_preprocessor.convnet.";
+      auto w = reader.get(cp + "conv.weight", {kConvStemChannels, 3, 7, 7});
+      conv_stem_ = backend_->pack_linear(w.data(), nullptr, kConvStemChannels, 3 * 7 * 7, Precision::fp32);
+      auto gamma = reader.get(cp + "batchnorm.weight", {kConvStemChannels});
+      auto beta = reader.get(cp + "batchnorm.bias", {kConvStemChannels});
+      auto mean = reader.get(cp + "batchnorm.running_mean", {kConvStemChannels});
+      auto var = reader.get(cp + "batchnorm.running_var", {kConvStemChannels});
+      bn_scale_.resize(kConvStemChannels);
+      bn_shift_.resize(kConvStemChannels);
+      for (int o = 0; o < kConvStemChannels; ++o) {
+        bn_scale_[o] = gamma[o] / std::sqrt(var[o] + kBatchNormEps);
+        bn_shift_[o] = beta[o] - mean[o] * bn_scale_[o];
+      }
+      break;
+    }
+    case Architecture::fourier: break;
+    case Architecture::learned: {
+      const std::string lp = p + "input_preprocessor.";
+      auto w = reader.get(lp + "convnet_1x1.weight", {kLearnedChannels, 3, 1, 1});
+      auto b = reader.get(lp + "convnet_1x1.bias", {kLearnedChannels});
+      conv1x1_ = backend_->pack_linear(w.data(), b.data(), kLearnedChannels, 3, Precision::fp32);
+      const int64_t n = int64_t(c.image_size) * c.image_size;
+      auto table = reader.get(lp + "position_embeddings.position_embeddings", {n, kLearnedChannels});
+      auto proj = load_linear(reader, lp + "positions_projection", kLearnedChannels, kLearnedChannels);
+      // The projection of the position table is input-independent: done once here. [N, 256]
+      learned_positions_.resize(table.size());
+      backend_->linear(*proj, table.data(), kLearnedChannels, static_cast<int>(n), learned_positions_.data(),
+                       kLearnedChannels, Activation::none, nullptr);
+      break;
+    }
+  }
+
+  latents_ = reader.get(p + "embeddings.latents", {L, D});
+  load_layer(reader, p + "encoder.cross_attention.", c.encoder_cross, &encoder_cross_);
+  self_attends_.resize(c.num_self_attends_per_block);
+  for (int i = 0; i < c.num_self_attends_per_block; ++i)
+    load_layer(reader, p + "encoder.self_attends." + std::to_string(i) + ".", c.self_attention, &self_attends_[i]);
+  const std::string dp = p + "decoder.decoder.";
+  decoder_query_ = reader.get(dp + "output_position_encodings.position_embeddings", {1, D});
+  load_layer(reader, dp + "decoding_cross_attention.", c.decoder_cross, &decoder_cross_);
+  final_layer_ = load_linear(reader, dp + "final_layer", c.num_labels(), c.d_latents);
+  reader.finish();
+
+  info_.architecture = c.architecture_name;
+  info_.backend = backend_->name();
+  info_.labels = c.labels;
+  info_.num_labels = c.num_labels();
+  info_.num_latents = c.num_latents;
+  info_.d_latents = c.d_latents;
+  if (c.architecture == Architecture::learned) info_.fixed_image_height = info_.fixed_image_width = c.image_size;
+  for (const auto& t : file->tensors())
+    if (t.dtype != DType::i64 && !t.name.ends_with("running_mean") && !t.name.ends_with("running_var"))
+      info_.num_parameters += t.numel();
+}
+
+LayerNormWeights PerceiverModel::load_layer_norm(WeightReader& reader, const std::string& prefix, int width) {
+  return {reader.get(prefix + ".weight", {width}), reader.get(prefix + ".bias", {width})};
+}
+
+std::unique_ptr<PackedLinear> PerceiverModel::load_linear(WeightReader& reader, const std::string& prefix, int out,
+                                                          int in) {
+  auto w = reader.get(prefix + ".weight", {out, in});
+  auto b = reader.get(prefix + ".bias", {out});
+  return backend_->pack_linear(w.data(), b.data(), out, in, options_.precision);
+}
+
+void PerceiverModel::load_layer(WeightReader& reader, const std::string& prefix, const LayerShape& s,
+                                LayerWeights* layer) {
+  layer->shape = s;
+  layer->ln_query = load_layer_norm(reader, prefix + "attention.self.layernorm1", s.q_dim);
+  if (s.is_cross) layer->ln_kv = load_layer_norm(reader, prefix + "attention.self.layernorm2", s.kv_dim);
+  layer->query = load_linear(reader, prefix + "attention.self.query", s.qk_channels, s.q_dim);
+  layer->key = load_linear(reader, prefix + "attention.self.key", s.qk_channels, s.kv_dim);
+  layer->value = load_linear(reader, prefix + "attention.self.value", s.v_channels, s.kv_dim);
+  layer->output = load_linear(reader, prefix + "attention.output.dense", s.q_dim, s.v_channels);
+  layer->ln_mlp = load_layer_norm(reader, prefix + "layernorm", s.q_dim);
+  layer->mlp1 = load_linear(reader, prefix + "mlp.dense1", s.mlp_hidden, s.q_dim);
+  layer->mlp2 = load_linear(reader, prefix + "mlp.dense2", s.q_dim, s.mlp_hidden);
+}
+
+PerceiverModel::InputGeometry PerceiverModel::geometry(int height, int width) const {
+  InputGeometry g;
+  if (config_.architecture == Architecture::conv) {
+    g.stem_h = conv_stem_out(height);
+    g.stem_w = conv_stem_out(width);
+    g.tokens_h = conv_pool_out(g.stem_h);
+    g.tokens_w = conv_pool_out(g.stem_w);
+  } else {
+    g.tokens_h = height;
+    g.tokens_w = width;
+  }
+  return g;
+}
+
+void PerceiverModel::check_input_size(int height, int width) const {
+  auto bad = [&](const std::string& why) {
+    throw Error(ErrorKind::bad_input, "input size " + std::to_string(height) + "x" + std::to_string(width) +
+                                          " is not admitted by " + config_.architecture_name + ": " + why);
+  };
+  if (height <= 0 || width <= 0 || height > 8192 || width > 8192) bad("sides must be in 1..8192");
+  switch (config_.architecture) {
+    case Architecture::conv:
+      if (height < 5 || width < 5) bad("the conv stem needs at least 5x5 pixels");
+      break;
+    case Architecture::fourier: break;
+    case Architecture::learned:
+      if (int64_t(height) * width != int64_t(config_.image_size) * config_.image_size)
+        bad("its position table covers " + std::to_string(config_.image_size) + "x" +
+            std::to_string(config_.image_size) + " pixels");
+      break;
+  }
+  if (int64_t(geometry(height, width).tokens()) * config_.input_channels > (int64_t(1) << 31) / 4)
+    bad("too many input tokens");
+}
+
+double PerceiverModel::flops_per_image(int height, int width) const {
+  const auto& c = config_;
+  const double n = geometry(height, width).tokens(), l = c.num_latents;
+  auto layer_macs = [](const LayerShape& s, double nq, double nk) {
+    return nq * s.q_dim * s.qk_channels + 2 * nk * s.kv_dim * (s.qk_channels + s.v_channels) / 2 +
+           nq * nk * (s.qk_channels + s.v_channels) + nq * s.v_channels * s.q_dim + 2 * nq * s.q_dim * s.mlp_hidden;
+  };
+  double macs = layer_macs(c.encoder_cross, l, n) +
+                double(c.num_blocks) * c.num_self_attends_per_block * layer_macs(c.self_attention, l, l) +
+                layer_macs(c.decoder_cross, 1, l) + double(c.d_latents) * c.num_labels();
+  if (c.architecture == Architecture::conv) {
+    auto g = geometry(height, width);
+    macs += double(g.stem_h) * g.stem_w * kConvStemChannels * 3 * 49;
+  } else if (c.architecture == Architecture::learned) {
+    macs += n * 3 * kLearnedChannels;
+  }
+  return 2 * macs;
+}
+
+void PerceiverModel::prepare(int batch, int height, int width) {
+  auto& w = ws_;
+  if (w.batch == batch && w.height == height && w.width == width) return;
+  const auto& c = config_;
+  w.batch = batch;
+  w.height = height;
+  w.width = width;
+  w.geo = geometry(height, width);
+  const size_t B = batch, N = w.geo.tokens(), C = c.input_channels, L = c.num_latents, D = c.d_latents;
+  if (c.architecture != Architecture::learned) {
+    const int res = c.architecture == Architecture::conv ? 56 : 224;  // HF's max_resolution per class
+    w.fourier = fourier_position_encoding(w.geo.tokens_h, w.geo.tokens_w, res, res, kFourierBands);
+  }
+  if (c.architecture == Architecture::conv) {
+    w.im2col.assign(B * w.geo.stem_h * w.geo.stem_w * 3 * 49, 0.0f);
+    w.stem_out.assign(B * w.geo.stem_h * w.geo.stem_w * kConvStemChannels, 0.0f);
+  } else {
+    w.pixels_hwc.assign(B * height * width * 3, 0.0f);
+  }
+  const auto& ec = c.encoder_cross;
+  const auto& sa = c.self_attention;
+  const auto& dc = c.decoder_cross;
+  w.inputs.assign(B * N * C, 0.0f);
+  w.kv_norm.assign(B * std::max(N * C, L * D), 0.0f);
+  w.keys.assign(B * std::max({N * ec.qk_channels, L * sa.qk_channels, L * dc.qk_channels}), 0.0f);
+  w.values.assign(B * std::max({N * ec.v_channels, L * sa.v_channels, L * dc.v_channels}), 0.0f);
+  w.x.assign(B * L * D, 0.0f);
+  w.x_norm.assign(B * L * D, 0.0f);
+  w.decoder_x.assign(B * D, 0.0f);
+  w.queries.assign(B * L * std::max({ec.qk_channels, sa.qk_channels, dc.qk_channels}), 0.0f);
+  w.context.assign(B * L * std::max({ec.v_channels, sa.v_channels, dc.v_channels}), 0.0f);
+  w.hidden.assign(B * L * std::max({ec.mlp_hidden, sa.mlp_hidden, dc.mlp_hidden}), 0.0f);
+  w.probs.clear();
+}
+
+void PerceiverModel::build_inputs(const ForwardArgs& args) {
+  auto& w = ws_;
+  const auto& c = config_;
+  const int B = args.batch, H = args.height, W = args.width, C = c.input_channels;
+  const int N = w.geo.tokens();
+  const float* pixels = args.pixels;  // [B, 3, H, W]
+  float* inputs = w.inputs.data();    // [B, N, C]
+  int pos_offset = 0;                 // first position channel
+
+  if (c.architecture == Architecture::conv) {
+    const int H1 = w.geo.stem_h, W1 = w.geo.stem_w, H2 = w.geo.tokens_h, W2 = w.geo.tokens_w;
+    const int K = 3 * 49;
+    // im2col of the zero-padded (3 each side) image for the 7x7 stride-2 conv: [B*H1*W1, 3*7*7].
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; ++b)
+      for (int y = 0; y < H1; ++y)
+        for (int x = 0; x < W1; ++x) {
+          float* col = &w.im2col[((size_t(b) * H1 + y) * W1 + x) * K];
+          for (int i = 0; i < 3; ++i)
+            for (int ky = 0; ky < 7; ++ky)
+              for (int kx = 0; kx < 7; ++kx) {
+                const int iy = 2 * y + ky - 3, ix = 2 * x + kx - 3;
+                col[i * 49 + ky * 7 + kx] = (iy < 0 || iy >= H || ix < 0 || ix >= W)
+                                                ? 0.0f
+                                                : pixels[((size_t(b) * 3 + i) * H + iy) * W + ix];
+              }
+        }
+    float* stem = w.stem_out.data();  // [B, H1, W1, 64] channels-last
+    backend_->linear(*conv_stem_, w.im2col.data(), K, B * H1 * W1, stem, kConvStemChannels, Activation::none,
+                     nullptr);
+    auto trace_nchw = [&](const char* name, const float* src, int h, int wd, long src_stride_token,
+                          long src_stride_batch) {
+      if (!args.trace) return;
+      w.scratch.resize(size_t(B) * kConvStemChannels * h * wd);
+      for (int b = 0; b < B; ++b)
+        for (int o = 0; o < kConvStemChannels; ++o)
+          for (int t = 0; t < h * wd; ++t)
+            w.scratch[(size_t(b) * kConvStemChannels + o) * h * wd + t] = src[b * src_stride_batch + t * src_stride_token + o];
+      trace(args, name, {B, kConvStemChannels, h, wd}, w.scratch.data());
+    };
+    trace_nchw("conv_out", stem, H1, W1, kConvStemChannels, long(H1) * W1 * kConvStemChannels);
+    // BatchNorm (eval) + ReLU in place.
+    const size_t stem_pixels = size_t(B) * H1 * W1;
+#pragma omp parallel for schedule(static)
+    for (size_t t = 0; t < stem_pixels; ++t)
+      for (int o = 0; o < kConvStemChannels; ++o) {
+        float& v = stem[t * kConvStemChannels + o];
+        v = std::max(0.0f, v * bn_scale_[o] + bn_shift_[o]);
+      }
+    // 3x3 stride-2 max-pool, no padding, straight into the first 64 channels of each token.
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; ++b)
+      for (int y = 0; y < H2; ++y)
+        for (int x = 0; x < W2; ++x) {
+          float* dst = &inputs[(size_t(b) * N + size_t(y) * W2 + x) * C];
+          for (int o = 0; o < kConvStemChannels; ++o) {
+            float m = -INFINITY;
+            for (int dy = 0; dy < 3; ++dy)
+              for (int dx = 0; dx < 3; ++dx)
+                m = std::max(m, stem[((size_t(b) * H1 + 2 * y + dy) * W1 + 2 * x + dx) * kConvStemChannels + o]);
+            dst[o] = m;
+          }
+        }
+    trace_nchw("conv_pool_out", inputs, H2, W2, C, long(N) * C);
+    pos_offset = kConvStemChannels;
+  } else {
+    // NCHW -> [B*H*W, 3] channels-last.
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < 3; ++i)
+        for (int t = 0; t < H * W; ++t)
+          w.pixels_hwc[(size_t(b) * H * W + t) * 3 + i] = pixels[(size_t(b) * 3 + i) * H * W + t];
+    if (c.architecture == Architecture::fourier) {
+      for (size_t t = 0; t < size_t(B) * N; ++t) std::memcpy(&inputs[t * C], &w.pixels_hwc[t * 3], 3 * sizeof(float));
+      pos_offset = 3;
+    } else {  // learned: 1x1 conv to 256 channels, then the projected position table
+      backend_->linear(*conv1x1_, w.pixels_hwc.data(), 3, B * N, inputs, C, Activation::none, nullptr);
+      for (int b = 0; b < B; ++b)
+        for (int t = 0; t < N; ++t)
+          std::memcpy(&inputs[(size_t(b) * N + t) * C + kLearnedChannels],
+                      &learned_positions_[size_t(t) * kLearnedChannels], kLearnedChannels * sizeof(float));
+    }
+  }
+  if (c.architecture != Architecture::learned) {
+    const int pos_channels = C - pos_offset;
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t < N; ++t)
+        std::memcpy(&inputs[(size_t(b) * N + t) * C + pos_offset], &w.fourier[size_t(t) * pos_channels],
+                    pos_channels * sizeof(float));
+  }
+  trace(args, "preproc_output", {B, N, C}, inputs);
+}
+
+void PerceiverModel::run_layer(const LayerWeights& lw, float* x, int batch, int nq, const float* kv_raw, int nk,
+                               float* probs, const ForwardArgs& args, const char* attention_out_name) {
+  auto& w = ws_;
+  const LayerShape& s = lw.shape;
+  const int rows_q = batch * nq, rows_kv = batch * nk;
+  float* x_norm = w.x_norm.data();
+  backend_->layer_norm(x, rows_q, s.q_dim, lw.ln_query.gamma.data(), lw.ln_query.beta.data(), kLayerNormEps, x_norm);
+  const float* kv = x_norm;  // self-attention: keys and values from the normalised queries' stream
+  int kv_dim = s.q_dim;
+  if (kv_raw) {
+    backend_->layer_norm(kv_raw, rows_kv, s.kv_dim, lw.ln_kv.gamma.data(), lw.ln_kv.beta.data(), kLayerNormEps,
+                         w.kv_norm.data());
+    kv = w.kv_norm.data();
+    kv_dim = s.kv_dim;
+  }
+  backend_->linear(*lw.query, x_norm, s.q_dim, rows_q, w.queries.data(), s.qk_channels, Activation::none, nullptr);
+  backend_->linear(*lw.key, kv, kv_dim, rows_kv, w.keys.data(), s.qk_channels, Activation::none, nullptr);
+  backend_->linear(*lw.value, kv, kv_dim, rows_kv, w.values.data(), s.v_channels, Activation::none, nullptr);
+
+  AttentionArgs a;
+  a.q = w.queries.data();
+  a.k = w.keys.data();
+  a.v = w.values.data();
+  a.out = w.context.data();
+  a.probs = probs;
+  a.batch = batch;
+  a.heads = s.heads;
+  a.nq = nq;
+  a.nk = nk;
+  a.dqk = s.qk_channels / s.heads;
+  a.dv = s.v_channels / s.heads;
+  a.ldq = a.ldk = s.qk_channels;
+  a.ldv = a.ldo = s.v_channels;
+  a.scale = static_cast<float>(1.0 / std::sqrt(double(a.dqk)));
+  backend_->attention(a);
+
+  // Output projection; the query residual adds the un-normalised input.
+  if (s.query_residual) {
+    backend_->linear(*lw.output, w.context.data(), s.v_channels, rows_q, x, s.q_dim, Activation::none, x);
+  } else {
+    backend_->linear(*lw.output, w.context.data(), s.v_channels, rows_q, x_norm, s.q_dim, Activation::none, nullptr);
+    std::memcpy(x, x_norm, sizeof(float) * size_t(rows_q) * s.q_dim);
+  }
+  if (attention_out_name) trace(args, attention_out_name, {batch, nq, s.q_dim}, x);
+  // x += MLP(LN(x))
+  backend_->layer_norm(x, rows_q, s.q_dim, lw.ln_mlp.gamma.data(), lw.ln_mlp.beta.data(), kLayerNormEps, x_norm);
+  backend_->linear(*lw.mlp1, x_norm, s.q_dim, rows_q, w.hidden.data(), s.mlp_hidden, Activation::gelu, nullptr);
+  backend_->linear(*lw.mlp2, w.hidden.data(), s.mlp_hidden, rows_q, x, s.q_dim, Activation::none, x);
+}
+
+void PerceiverModel::forward(const ForwardArgs& args) {
+  if (!args.pixels) throw Error(ErrorKind::internal, "forward: no pixels");
+  if (args.batch <= 0) throw Error(ErrorKind::bad_input, "forward: batch size must be positive");
+  check_input_size(args.height, args.width);
+  prepare(args.batch, args.height, args.width);
+  auto& w = ws_;
+  const auto& c = config_;
+  const int B = args.batch, L = c.num_latents, D = c.d_latents, N = w.geo.tokens();
+
+  build_inputs(args);
+
+  // Encoder cross-attention: latents [B, L, D] attend to the inputs [B, N, C].
+  for (int b = 0; b < B; ++b) std::memcpy(&w.x[size_t(b) * L * D], latents_.data(), sizeof(float) * L * D);
+  trace(args, "latents_init", {B, L, D}, w.x.data());
+  auto probs_for = [&](int heads, int nq, int nk) -> float* {
+    if (!args.trace || !args.trace_attention_probs) return nullptr;
+    w.probs.resize(size_t(B) * heads * nq * nk);
+    return w.probs.data();
+  };
+  float* probs = probs_for(c.encoder_cross.heads, L, N);
+  run_layer(encoder_cross_, w.x.data(), B, L, w.inputs.data(), N, probs, args, "cross_attn_attention_out");
+  if (probs) trace(args, "cross_attn_probs", {B, c.encoder_cross.heads, L, N}, probs);
+  trace(args, "latents_after_cross_attn", {B, L, D}, w.x.data());
+
+  // num_blocks x the same num_self_attends_per_block layers.
+  for (int block = 0; block < c.num_blocks; ++block)
+    for (int i = 0; i < c.num_self_attends_per_block; ++i) {
+      probs = probs_for(c.self_attention.heads, L, L);
+      run_layer(self_attends_[i], w.x.data(), B, L, nullptr, L, probs, args, nullptr);
+      const std::string suffix = "_b" + std::to_string(block) + "_l" + std::to_string(i);
+      if (probs) trace(args, "self_attn_probs" + suffix, {B, c.self_attention.heads, L, L}, probs);
+      trace(args, "latents_after_self_attn" + suffix, {B, L, D}, w.x.data());
+    }
+  if (args.latents) std::memcpy(args.latents, w.x.data(), sizeof(float) * size_t(B) * L * D);
+
+  // Classification decoder: one trainable query [1, D] attends to the latents.
+  const std::vector<float>& z = w.x;  // encoder output [B, L, D]
+  std::vector<float>& decoder_x = w.decoder_x;  // [B, 1, D]
+  for (int b = 0; b < B; ++b) std::memcpy(&decoder_x[size_t(b) * D], decoder_query_.data(), sizeof(float) * D);
+  trace(args, "decoder_query", {B, 1, D}, decoder_x.data());
+  probs = probs_for(1, 1, L);
+  run_layer(decoder_cross_, decoder_x.data(), B, 1, z.data(), L, probs, args, nullptr);
+  if (probs) trace(args, "decoder_cross_attn_probs", {B, 1, 1, L}, probs);
+  trace(args, "decoder_cross_attn_out", {B, 1, D}, decoder_x.data());
+  if (args.decoder_features) std::memcpy(args.decoder_features, decoder_x.data(), sizeof(float) * size_t(B) * D);
+  if (args.logits) {
+    backend_->linear(*final_layer_, decoder_x.data(), D, B, args.logits, c.num_labels(), Activation::none, nullptr);
+    trace(args, "logits", {B, c.num_labels()}, args.logits);
+  }
+}
+
+std::unique_ptr<Model> Model::load(const std::filesystem::path& model_dir, const ModelOptions& options) {
+  if (!std::filesystem::is_directory(model_dir))
+    throw Error(ErrorKind::model, model_dir.string() + ": not a model directory");
+  return std::make_unique<PerceiverModel>(model_dir, options);
+}
+
+}  // namespace perceiver

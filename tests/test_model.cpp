@@ -1,0 +1,131 @@
+// Golden tests: every intermediate and the logits of the three architectures against Hugging Face PyTorch,
+// from both weight formats, on both backends. Tolerance: max|got - want| <= 1e-4 * max(1, max|want|).
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "formats/npy.h"
+#include "perceiver/perceiver.h"
+#include "test_util.h"
+
+namespace perceiver {
+namespace {
+
+constexpr double kParityTolerance = 1e-4;
+
+struct GoldenCase {
+  std::string variant;  // conv-tiny, fourier-tiny, learned-tiny
+  std::string weights;  // model.safetensors or pytorch_model.bin
+  std::string backend;  // reference or auto
+};
+
+std::string case_name(const ::testing::TestParamInfo<GoldenCase>& info) {
+  std::string s = info.param.variant + "_" + info.param.weights + "_" + info.param.backend;
+  for (char& ch : s)
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return s;
+}
+
+class GoldenTest : public ::testing::TestWithParam<GoldenCase> {};
+
+TEST_P(GoldenTest, EveryIntermediateAndLogitsMatchHuggingFace) {
+  const auto& p = GetParam();
+  const auto dir = test::vectors_dir() / p.variant;
+  nlohmann::json manifest = nlohmann::json::parse(std::ifstream(dir / "manifest.json"));
+
+  ModelOptions options;
+  options.weights_file = dir / p.weights;
+  options.backend = p.backend;
+  auto model = Model::load(dir, options);
+
+  NpyArray pixels = read_npy(dir / "pixel_values.npy");
+  ASSERT_EQ(pixels.shape.size(), 4u);
+  const int B = static_cast<int>(pixels.shape[0]), H = static_cast<int>(pixels.shape[2]),
+            W = static_cast<int>(pixels.shape[3]);
+  std::vector<float> input = pixels.to_f32();
+
+  std::map<std::string, std::pair<std::vector<int64_t>, std::vector<float>>> traced;
+  TraceFn trace = [&](std::string_view name, const std::vector<int64_t>& shape, const float* data) {
+    size_t n = 1;
+    for (auto d : shape) n *= d;
+    traced[std::string(name)] = {shape, std::vector<float>(data, data + n)};
+  };
+  std::vector<float> logits(size_t(B) * model->info().num_labels);
+  ForwardArgs args;
+  args.pixels = input.data();
+  args.batch = B;
+  args.height = H;
+  args.width = W;
+  args.logits = logits.data();
+  args.trace = &trace;
+  args.trace_attention_probs = true;
+  model->forward(args);
+
+  int compared = 0;
+  for (const auto& f : manifest["files"]) {
+    std::string file = f["file"];
+    if (!file.ends_with(".npy") || file == "pixel_values.npy") continue;
+    std::string name = file.substr(0, file.size() - 4);
+    SCOPED_TRACE(name);
+    NpyArray want = read_npy(dir / file);
+    auto it = traced.find(name);
+    ASSERT_NE(it, traced.end()) << "the model never produced " << name;
+    EXPECT_EQ(it->second.first, want.shape);
+    EXPECT_TRUE(test::AllCloseScaled(it->second.second, want.to_f32(), kParityTolerance));
+    ++compared;
+  }
+  EXPECT_GE(compared, 14) << "manifest lists fewer tensors than expected";
+
+  // classify() (no tracing) gives the same logits as the traced forward.
+  std::vector<float> logits2(logits.size());
+  model->classify(input.data(), B, H, W, logits2.data());
+  EXPECT_EQ(logits, logits2);
+}
+
+std::vector<GoldenCase> all_cases() {
+  std::vector<GoldenCase> cases;
+  for (std::string v : {"conv-tiny", "fourier-tiny", "learned-tiny"})
+    for (std::string w : {"model.safetensors", "pytorch_model.bin"})
+      for (std::string b : {"reference", "auto"}) cases.push_back({v, w, b});
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Vectors, GoldenTest, ::testing::ValuesIn(all_cases()), case_name);
+
+// Batch elements never mix: each image alone gives its row of the batched logits.
+TEST(Model, BatchRowsAreIndependent) {
+  const auto dir = test::vectors_dir() / "conv-tiny";
+  auto model = Model::load(dir);
+  NpyArray pixels = read_npy(dir / "pixel_values.npy");
+  const int B = static_cast<int>(pixels.shape[0]), H = static_cast<int>(pixels.shape[2]),
+            W = static_cast<int>(pixels.shape[3]);
+  const int n = model->info().num_labels;
+  std::vector<float> input = pixels.to_f32(), batched(size_t(B) * n), single(n);
+  model->classify(input.data(), B, H, W, batched.data());
+  for (int b = 0; b < B; ++b) {
+    model->classify(&input[size_t(b) * 3 * H * W], 1, H, W, single.data());
+    std::vector<float> row(batched.begin() + size_t(b) * n, batched.begin() + size_t(b + 1) * n);
+    EXPECT_TRUE(test::AllCloseScaled(single, row, 1e-5));
+  }
+}
+
+TEST(Model, RefusesInputSizesTheModelCannotTake) {
+  auto learned = Model::load(test::vectors_dir() / "learned-tiny");
+  EXPECT_THROW(learned->check_input_size(9, 8), Error);
+  EXPECT_NO_THROW(learned->check_input_size(8, 8));
+  auto conv = Model::load(test::vectors_dir() / "conv-tiny");
+  EXPECT_THROW(conv->check_input_size(4, 32), Error);
+  EXPECT_THROW(conv->check_input_size(0, 32), Error);
+}
+
+TEST(Model, ReportsParameterCountFromManifest) {
+  for (std::string v : {"conv-tiny", "fourier-tiny", "learned-tiny"}) {
+    const auto dir = test::vectors_dir() / v;
+    nlohmann::json manifest = nlohmann::json::parse(std::ifstream(dir / "manifest.json"));
+    auto model = Model::load(dir);
+    EXPECT_EQ(model->info().num_parameters, manifest["num_parameters"].get<int64_t>()) << v;
+  }
+}
+
+}  // namespace
+}  // namespace perceiver

@@ -1,0 +1,28 @@
+// Helpers shared by the test executables: where the golden vectors are, and the parity check.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace perceiver::test {
+
+// ../shared next to the project root, or $PERCEIVER_SHARED_DIR.
+std::filesystem::path shared_dir();
+std::filesystem::path vectors_dir();  // shared_dir() / "vectors"
+std::filesystem::path source_dir();   // the project root
+std::filesystem::path cli_path();     // build/bin/perceiver
+
+// Fresh empty temporary directory, removed when the test process exits.
+std::filesystem::path temp_dir(const std::string& tag);
+
+// The project's parity bar: max|got - want| <= rel_tol * max(1, max|want|).
+::testing::AssertionResult AllCloseScaled(const std::vector<float>& got, const std::vector<float>& want,
+                                          double rel_tol);
+
+// Runs a shell command, returns its exit status; stdout+stderr captured into *output when non-null.
+int run_command(const std::string& command, std::string* output = nullptr);
+
+}  // namespace perceiver::test
