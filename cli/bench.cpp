@@ -1,6 +1,194 @@
-// perceiver bench: placeholder registration until the benchmark command lands.
+// perceiver bench: forward-pass latency, throughput, GFLOP/s, peak memory and load time.
+//   perceiver bench                          full-size random-weight conv model built in memory
+//   perceiver bench --model DIR --json       a model directory (or hub repo id), one JSON object on stdout
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
 #include "common.h"
 
 namespace perceiver::cli {
-void register_bench(CLI::App&) {}
+namespace {
+
+struct BenchArgs {
+  std::string model;  // empty: random full-size conv model in memory
+  std::string weights;
+  std::string revision = "main";
+  std::string precision = "fp32";
+  std::string backend = "auto";
+  int threads = 0;
+  int batch = 1;
+  int iters = 10;
+  int warmup = 2;
+  int size = 224;
+  bool json = false;
+  bool quiet = false;
+};
+
+// config.json of deepmind/vision-perceiver-conv (what the HF conversion script writes; labels left generic).
+std::string conv_config_json() {
+  nlohmann::json j;
+  j["architectures"] = {"PerceiverForImageClassificationConvProcessing"};
+  j["model_type"] = "perceiver";
+  j["num_latents"] = 512;
+  j["d_latents"] = 1024;
+  j["d_model"] = 322;
+  j["num_blocks"] = 8;
+  j["num_self_attends_per_block"] = 6;
+  j["num_self_attention_heads"] = 8;
+  j["num_cross_attention_heads"] = 1;
+  j["qk_channels"] = nullptr;
+  j["v_channels"] = nullptr;
+  j["cross_attention_shape_for_attention"] = "kv";
+  j["self_attention_widening_factor"] = 1;
+  j["cross_attention_widening_factor"] = 1;
+  j["hidden_act"] = "gelu";
+  j["use_query_residual"] = true;
+  j["image_size"] = 56;
+  j["num_labels"] = 1000;
+  return j.dump();
+}
+
+// Peak resident set size in MB: VmHWM from /proc/self/status, else getrusage's ru_maxrss.
+double peak_rss_mb() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1024.0;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+void run_bench(const BenchArgs& args) {
+  ModelOptions options;
+  options.weights_file = args.weights;
+  options.precision = args.precision == "bf16" ? Precision::bf16 : Precision::fp32;
+  options.threads = args.threads;
+  options.backend = args.backend;
+
+  std::string model_name;
+  std::unique_ptr<Model> model;
+  using clock = std::chrono::steady_clock;
+  double load_ms = 0;
+  if (args.model.empty()) {
+    model_name = "random deepmind/vision-perceiver-conv (in memory)";
+    const auto t0 = clock::now();
+    model = Model::create_random(conv_config_json(), 1, options);
+    load_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+  } else {
+    ModelArgs margs;
+    margs.model = args.model;
+    margs.revision = args.revision;
+    margs.quiet = args.quiet || args.json;
+    const auto dir = margs.resolve_dir();
+    model_name = dir.string();
+    const auto t0 = clock::now();
+    model = Model::load(dir, options);
+    load_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+  }
+  const double rss_after_load = peak_rss_mb();
+
+  const auto& info = model->info();
+  int height = args.size, width = args.size;
+  if (info.fixed_image_height) {
+    height = info.fixed_image_height;
+    width = info.fixed_image_width;
+  }
+  model->check_input_size(height, width);
+  const int B = args.batch;
+  std::vector<float> pixels(size_t(B) * 3 * height * width), logits(size_t(B) * info.num_labels);
+  uint32_t state = 12345;
+  for (auto& p : pixels) {  // deterministic values in about [-2, 2], like normalised images
+    state = state * 1664525u + 1013904223u;
+    p = static_cast<float>(state >> 8) * (4.0f / 16777216.0f) - 2.0f;
+  }
+
+  for (int i = 0; i < args.warmup; ++i) model->classify(pixels.data(), B, height, width, logits.data());
+  std::vector<double> ms;
+  for (int i = 0; i < args.iters; ++i) {
+    const auto t0 = clock::now();
+    model->classify(pixels.data(), B, height, width, logits.data());
+    ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
+  }
+  const double med = median(ms), mn = *std::min_element(ms.begin(), ms.end());
+  const double flops = model->flops_per_image(height, width);
+  const int threads = args.threads > 0 ? args.threads : omp_get_num_procs();
+  const double images_per_s = B / (med / 1000.0);
+  const double gflops = flops * B / (med / 1000.0) / 1e9;
+  const double rss = peak_rss_mb();
+
+  if (args.json) {
+    nlohmann::json j;
+    j["model"] = model_name;
+    j["architecture"] = info.architecture;
+    j["backend"] = info.backend;
+    j["precision"] = args.precision;
+    j["threads"] = threads;
+    j["batch"] = B;
+    j["height"] = height;
+    j["width"] = width;
+    j["warmup"] = args.warmup;
+    j["iters"] = args.iters;
+    j["load_ms"] = load_ms;
+    j["min_ms"] = mn;
+    j["median_ms"] = med;
+    j["median_ms_per_image"] = med / B;
+    j["images_per_s"] = images_per_s;
+    j["gflop_per_image"] = flops / 1e9;
+    j["gflops_per_s"] = gflops;
+    j["peak_rss_mb"] = rss;
+    j["peak_rss_after_load_mb"] = rss_after_load;
+    j["times_ms"] = ms;
+    std::cout << j.dump() << "\n";
+    return;
+  }
+  std::printf("model:      %s\n", model_name.c_str());
+  std::printf("backend:    %s, %s, %d thread%s\n", info.backend.c_str(), args.precision.c_str(), threads,
+              threads == 1 ? "" : "s");
+  std::printf("input:      batch %d x 3 x %d x %d, %.1f GFLOP per image\n", B, height, width, flops / 1e9);
+  std::printf("load:       %.1f ms\n", load_ms);
+  std::printf("latency:    min %.1f ms, median %.1f ms per batch (%d iterations after %d warm-up)\n", mn, med,
+              args.iters, args.warmup);
+  std::printf("throughput: %.3f images/s, %.1f ms per image, %.1f GFLOP/s\n", images_per_s, med / B, gflops);
+  std::printf("peak RSS:   %.1f MB (%.1f MB after loading)\n", rss, rss_after_load);
+}
+
+}  // namespace
+
+void register_bench(CLI::App& app) {
+  auto args = std::make_shared<BenchArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "bench", "Time the forward pass: latency, images/s, GFLOP/s, peak RSS, load time.\n"
+               "Without --model: a full-size random-weight conv model (deepmind/vision-perceiver-conv shapes).");
+  cmd->add_option("-m,--model", args->model, "Model directory or hub repo id (default: random conv model in memory)");
+  cmd->add_option("--weights", args->weights, "Weights file to use (default: model.safetensors, else pytorch_model.bin)");
+  cmd->add_option("--revision", args->revision, "Hub revision (default: main)");
+  cmd->add_option("--precision", args->precision, "fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--backend", args->backend, "auto, fast or reference")
+      ->check(CLI::IsMember({"auto", "fast", "reference"}));
+  cmd->add_option("-t,--threads", args->threads, "Threads (default: all cores)")->check(CLI::Range(0, 1024));
+  cmd->add_option("-b,--batch", args->batch, "Images per forward pass (default 1)")->check(CLI::Range(1, 4096));
+  cmd->add_option("-n,--iters", args->iters, "Timed iterations (default 10)")->check(CLI::Range(1, 100000));
+  cmd->add_option("--warmup", args->warmup, "Untimed warm-up iterations (default 2)")->check(CLI::Range(0, 100000));
+  cmd->add_option("--size", args->size, "Square input side in pixels (default 224)")->check(CLI::Range(5, 8192));
+  cmd->add_flag("--json", args->json, "Print one JSON object instead of text");
+  cmd->add_flag("-q,--quiet", args->quiet, "No download progress");
+  cmd->callback([args]() { run_bench(*args); });
+}
+
 }  // namespace perceiver::cli

@@ -5,20 +5,20 @@ Serves ROOT/{org}/{name}/{file} on 127.0.0.1 at a port picked by the OS:
 
   HEAD/GET /{org}/{name}/resolve/{revision}/{file}
       small files: 200, ETag "<git blob sha1>", X-Repo-Commit
-      *.safetensors, *.bin ("LFS"): 302 to http://{cdn-host}:{port}/cdn/{sha256} with X-Linked-Etag "<sha256>",
-      X-Linked-Size, X-Repo-Commit
+      *.safetensors, *.bin ("LFS"): 302 to http://{cdn-host}:{port}/cdn/{sha256} with
+      X-Linked-Etag "<sha256>", X-Linked-Size, X-Repo-Commit
       errors: 404 X-Error-Code RepoNotFound / RevisionNotFound / EntryNotFound, 401 GatedRepo
   GET /cdn/{sha256}     the bytes, with "Range: bytes=N-" support (206 / 416)
   GET /__log            the request log as a JSON list
 
-Revisions known: "main", "refs/pr/1" and the repo's commit (sha1 of the repo id). Every request is logged (method,
-path, host, range, authorization, status) to --log as JSON lines. Behaviour is steered by the JSON file given with
---control, re-read at every request (missing = all defaults):
+Revisions known: "main", "refs/pr/1" and the repo's commit (sha1 of the repo id). Every request is logged
+(method, path, host, range, authorization, status) to --log as JSON lines, before it is answered. Behaviour is
+steered by the JSON file given with --control, re-read at every request (missing = all defaults):
 
   {"private": {"org/name": "token"}}  401 GatedRepo unless "Authorization: Bearer token"
   {"renamed": {"old/name": "org/name"}}  307 to the new name (relative Location), like a renamed repo
   {"cut_after": 300000}               CDN answers stop after that many body bytes and the connection is closed
-  {"corrupt": ["org/name/file"]}      CDN serves that file with one byte changed (same length)
+  {"corrupt": ["org/name/file"]}      CDN serves that file's blob with one byte changed (same length)
   {"ignore_range": true}              CDN ignores Range and answers 200 with everything
   {"hang_s": 5}                       resolve requests wait that long before answering
   {"chunk_delay_s": 0.01}             CDN sleeps between 64 KiB chunks
@@ -115,7 +115,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             path = self.path.split("?", 1)[0]
             if path == "/__log":
-                self.reply(200, {"Content-Type": "application/json"}, json.dumps(self.hub.entries).encode(), head)
+                body = json.dumps(self.hub.entries).encode()
+                self.reply(200, {"Content-Type": "application/json"}, body, head)
             elif path.startswith("/cdn/"):
                 self.serve_cdn(path[len("/cdn/"):], head)
             else:
@@ -123,10 +124,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
-            self.hub.log(self.entry)
+            if "status" not in self.entry:
+                self.entry["status"] = None
+                self.hub.log(self.entry)
 
     def reply(self, status, headers, body, head, cut_after=None):
         self.entry["status"] = status
+        self.hub.log(self.entry)  # before answering: a client that got the answer finds it in the log
         self.send_response(status)
         headers.setdefault("Content-Length", str(len(body)))
         for name, value in headers.items():
@@ -187,7 +191,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             headers = {"Location": location, "X-Repo-Commit": commit, "ETag": '"%s"' % git_sha1,
                        "X-Linked-Etag": '"%s"' % sha, "X-Linked-Size": str(len(data))}
             return self.reply(302, headers, b"", head)
-        headers = {"ETag": '"%s"' % git_sha1, "X-Repo-Commit": commit, "Content-Type": "application/octet-stream"}
+        headers = {"ETag": '"%s"' % git_sha1, "X-Repo-Commit": commit,
+                   "Content-Type": "application/octet-stream"}
         self.reply(200, headers, data, head)
 
     def serve_cdn(self, sha, head):
@@ -197,9 +202,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with open(path, "rb") as f:
             data = bytearray(f.read())
         control = self.hub.control()
-        relative = os.path.relpath(path, self.hub.root).replace(os.sep, "/")
-        if relative in control.get("corrupt", []):
-            data[len(data) // 2] ^= 0xFF
+        for entry in control.get("corrupt", []):  # by content: repos may share a blob
+            listed = os.path.join(self.hub.root, *entry.split("/"))
+            if os.path.isfile(listed) and self.hub.sha256(listed) == sha:
+                data[len(data) // 2] ^= 0xFF
         data = bytes(data)
         size = len(data)
         cut = control.get("cut_after")

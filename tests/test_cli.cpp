@@ -111,7 +111,7 @@ TEST(Cli, BadInputsFailCleanlyWithoutPartialOutput) {
       {"classify --model " + quote(dir) + " --pixels " + quote(dir / "pixel_values.npy") + " --logits-out " +
            quote(tmp / "no-such-dir" / "x.npy"),
        6, "x.npy"},
-      {"classify --bogus-flag", 2, "bogus"},
+      {"classify --model " + quote(dir) + " --bogus-flag", 2, "bogus"},
       {"frobnicate", 2, ""},
   };
   for (const auto& c : cases) {

@@ -54,6 +54,10 @@ class Model {
  public:
   // Reads config.json and the weights from `model_dir`. Throws perceiver::Error.
   static std::unique_ptr<Model> load(const std::filesystem::path& model_dir, const ModelOptions& options = {});
+  // A model with made-up weights (benchmarks, tests): `config_json` is the text of a config.json; the same seed
+  // gives the same weights. Throws perceiver::Error for a bad config.
+  static std::unique_ptr<Model> create_random(const std::string& config_json, uint64_t seed = 1,
+                                              const ModelOptions& options = {});
   virtual ~Model() = default;
 
   virtual const ModelInfo& info() const = 0;

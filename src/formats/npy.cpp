@@ -42,7 +42,8 @@ class HeaderParser {
       expect(':');
       skip_ws();
       if (key == "descr" && !have_descr) {
-        if (peek() != '\'' && peek() != '"') bad("descr is not a simple dtype string (structured arrays unsupported)");
+        if (peek() != '\'' && peek() != '"')
+          bad("descr is not a simple dtype string (structured arrays unsupported)");
         *descr = string_literal();
         have_descr = true;
       } else if (key == "fortran_order" && !have_order) {
@@ -139,14 +140,13 @@ class HeaderParser {
 
 // "<f4" -> "f4" (validated), or throws.
 std::string parse_descr(const std::string& descr, const std::string& file) {
-  if (descr.size() < 3) fail(file, "unsupported dtype '" + printable(descr) + "'");
-  const char order = descr[0];
-  const std::string type = descr.substr(1);
+  const char order = descr.empty() ? '\0' : descr[0];
+  const std::string type = descr.empty() ? std::string() : descr.substr(1);
   if (order != '<' && order != '>' && order != '|' && order != '=')
     fail(file, "unsupported dtype '" + printable(descr) + "'");
-  if (type[0] == 'O') fail(file, "object arrays are not supported");
-  static const char* const kSupported[] = {"f2", "f4", "f8", "i1", "i2", "i4", "i8",
-                                           "u1", "u2", "u4", "u8", "b1"};
+  if (!type.empty() && type[0] == 'O') fail(file, "object arrays are not supported");
+  static const char* const kSupported[] = {"f2", "f4", "f8", "i1", "i2", "i4",
+                                           "i8", "u1", "u2", "u4", "u8", "b1"};
   bool known = false;
   for (const char* k : kSupported) known |= type == k;
   if (!known) fail(file, "unsupported dtype '" + printable(descr) + "'");
@@ -246,7 +246,8 @@ std::vector<int64_t> NpyArray::to_i64() const {
       out[i] = load<uint32_t>(p + 4 * i);
     } else if (dtype == "u8") {
       uint64_t v = load<uint64_t>(p + 8 * i);
-      if (v > static_cast<uint64_t>(INT64_MAX)) fail(file, "uint64 value " + std::to_string(v) + " exceeds int64");
+      if (v > static_cast<uint64_t>(INT64_MAX))
+        fail(file, "uint64 value " + std::to_string(v) + " exceeds int64");
       out[i] = static_cast<int64_t>(v);
     } else {
       fail(file, "dtype '" + dtype + "' is not supported");
@@ -281,13 +282,14 @@ NpyArray read_npy(const std::filesystem::path& path) {
     prefix_len = 10;
   } else {
     if (read_some(fd.fd, prefix + 10, 2, file) < 2) fail(file, "truncated .npy header");
-    header_len = prefix[8] | (uint64_t{prefix[9]} << 8) | (uint64_t{prefix[10]} << 16) |
-                 (uint64_t{prefix[11]} << 24);
+    header_len =
+        prefix[8] | (uint64_t{prefix[9]} << 8) | (uint64_t{prefix[10]} << 16) | (uint64_t{prefix[11]} << 24);
     prefix_len = 12;
   }
   if (header_len > kMaxHeaderBytes) fail(file, "header length " + std::to_string(header_len) + " too large");
   if (prefix_len + header_len > file_size)
-    fail(file, "header length " + std::to_string(header_len) + " exceeds file size " + std::to_string(file_size));
+    fail(file,
+         "header length " + std::to_string(header_len) + " exceeds file size " + std::to_string(file_size));
   std::string header(header_len, '\0');
   if (read_some(fd.fd, header.data(), header_len, file) != header_len) fail(file, "truncated .npy header");
   if (header.empty() || header.back() != '\n') fail(file, "bad header (does not end with a newline)");

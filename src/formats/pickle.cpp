@@ -11,17 +11,28 @@ namespace perceiver::pickle {
 
 const char* kind_name(Kind kind) {
   switch (kind) {
-    case Kind::none: return "None";
-    case Kind::boolean: return "bool";
-    case Kind::integer: return "int";
-    case Kind::floating: return "float";
-    case Kind::string: return "str";
-    case Kind::tuple: return "tuple";
-    case Kind::list: return "list";
-    case Kind::dict: return "dict";
-    case Kind::global: return "global";
-    case Kind::storage: return "storage";
-    case Kind::tensor: return "tensor";
+    case Kind::none:
+      return "None";
+    case Kind::boolean:
+      return "bool";
+    case Kind::integer:
+      return "int";
+    case Kind::floating:
+      return "float";
+    case Kind::string:
+      return "str";
+    case Kind::tuple:
+      return "tuple";
+    case Kind::list:
+      return "list";
+    case Kind::dict:
+      return "dict";
+    case Kind::global:
+      return "global";
+    case Kind::storage:
+      return "storage";
+    case Kind::tensor:
+      return "tensor";
   }
   return "?";
 }
@@ -81,8 +92,7 @@ class Machine {
 
  private:
   [[noreturn]] void fail(const std::string& what) const {
-    throw Error(ErrorKind::model,
-                file_ + ": " + what + " (data.pkl byte " + std::to_string(op_pos_) + ")");
+    throw Error(ErrorKind::model, file_ + ": " + what + " (data.pkl byte " + std::to_string(op_pos_) + ")");
   }
 
   // --- reading the program -------------------------------------------------------------------------------
@@ -112,7 +122,7 @@ class Machine {
       }
     }
     fail(pos_ >= data_.size() || data_.size() - pos_ <= kMaxGlobalLine ? "truncated pickle"
-                                                                      : "GLOBAL operand too long");
+                                                                       : "GLOBAL operand too long");
   }
 
   // --- values and the stack ------------------------------------------------------------------------------
@@ -151,7 +161,8 @@ class Machine {
   }
   Value* pop_typed(Kind kind, const char* what) {
     Value* v = pop();
-    if (v->kind != kind) fail(std::string(what) + " expects a " + kind_name(kind) + ", got " + kind_name(v->kind));
+    if (v->kind != kind)
+      fail(std::string(what) + " expects a " + kind_name(kind) + ", got " + kind_name(v->kind));
     return v;
   }
 
@@ -262,7 +273,8 @@ Value* Machine::rebuild_tensor(const Value& args) {
   const auto& a = args.items;
   if (a.size() != 6 && a.size() != 7)
     fail("_rebuild_tensor_v2 takes 6 or 7 arguments, got " + std::to_string(a.size()));
-  if (a[0]->kind != Kind::storage) fail(std::string("_rebuild_tensor_v2: storage is a ") + kind_name(a[0]->kind));
+  if (a[0]->kind != Kind::storage)
+    fail(std::string("_rebuild_tensor_v2: storage is a ") + kind_name(a[0]->kind));
   if (a[1]->kind != Kind::integer || a[1]->integer < 0) fail("_rebuild_tensor_v2: bad storage offset");
   if (a[2]->kind != Kind::tuple || a[3]->kind != Kind::tuple || a[2]->items.size() != a[3]->items.size())
     fail("_rebuild_tensor_v2: size and stride must be tuples of equal length");
@@ -279,7 +291,8 @@ Value* Machine::rebuild_tensor(const Value& args) {
   for (size_t i = 0; i < a[2]->items.size(); ++i) {
     const Value* size = a[2]->items[i];
     const Value* stride = a[3]->items[i];
-    if (size->kind != Kind::integer || size->integer < 0 || stride->kind != Kind::integer || stride->integer < 0)
+    if (size->kind != Kind::integer || size->integer < 0 || stride->kind != Kind::integer ||
+        stride->integer < 0)
       fail("_rebuild_tensor_v2: size/stride entries must be integers >= 0");
     t->size.push_back(size->integer);
     t->stride.push_back(stride->integer);
@@ -333,15 +346,33 @@ Result Machine::run() {
         if (marks_.size() >= limits_.max_marks) fail("pickle MARKs nested too deeply");
         marks_.push_back(stack_.size());
         break;
-      case kEmptyDict: push(make(Kind::dict)); break;
-      case kEmptyList: push(make(Kind::list)); break;
-      case kEmptyTuple: push(make(Kind::tuple)); break;
-      case kNone: push(make(Kind::none)); break;
-      case kNewTrue: push(make_bool(true)); break;
-      case kNewFalse: push(make_bool(false)); break;
-      case kBinInt: push(make_int(static_cast<int32_t>(read_le(4)))); break;
-      case kBinInt1: push(make_int(static_cast<int64_t>(read_le(1)))); break;
-      case kBinInt2: push(make_int(static_cast<int64_t>(read_le(2)))); break;
+      case kEmptyDict:
+        push(make(Kind::dict));
+        break;
+      case kEmptyList:
+        push(make(Kind::list));
+        break;
+      case kEmptyTuple:
+        push(make(Kind::tuple));
+        break;
+      case kNone:
+        push(make(Kind::none));
+        break;
+      case kNewTrue:
+        push(make_bool(true));
+        break;
+      case kNewFalse:
+        push(make_bool(false));
+        break;
+      case kBinInt:
+        push(make_int(static_cast<int32_t>(read_le(4))));
+        break;
+      case kBinInt1:
+        push(make_int(static_cast<int64_t>(read_le(1))));
+        break;
+      case kBinInt2:
+        push(make_int(static_cast<int64_t>(read_le(2))));
+        break;
       case kLong1: {
         uint64_t n = read_le(1);
         if (n > 8) fail("integer of " + std::to_string(n) + " bytes is too large");
@@ -359,15 +390,33 @@ Result Machine::run() {
         push(x);
         break;
       }
-      case kBinUnicode: push(make_string(read_string(read_le(4)))); break;
-      case kShortBinUnicode: push(make_string(read_string(read_le(1)))); break;
-      case kBinUnicode8: push(make_string(read_string(read_le(8)))); break;
-      case kBinPut: memo_put(read_le(1), top()); break;
-      case kLongBinPut: memo_put(read_le(4), top()); break;
-      case kMemoize: memo_put(memo_.size(), top()); break;
-      case kBinGet: push(memo_get(read_le(1))); break;
-      case kLongBinGet: push(memo_get(read_le(4))); break;
-      case kTuple: push(make_tuple(pop_mark())); break;
+      case kBinUnicode:
+        push(make_string(read_string(read_le(4))));
+        break;
+      case kShortBinUnicode:
+        push(make_string(read_string(read_le(1))));
+        break;
+      case kBinUnicode8:
+        push(make_string(read_string(read_le(8))));
+        break;
+      case kBinPut:
+        memo_put(read_le(1), top());
+        break;
+      case kLongBinPut:
+        memo_put(read_le(4), top());
+        break;
+      case kMemoize:
+        memo_put(memo_.size(), top());
+        break;
+      case kBinGet:
+        push(memo_get(read_le(1)));
+        break;
+      case kLongBinGet:
+        push(memo_get(read_le(4)));
+        break;
+      case kTuple:
+        push(make_tuple(pop_mark()));
+        break;
       case kTuple1: {
         Value* a = pop();
         push(make_tuple({a}));
@@ -431,7 +480,9 @@ Result Machine::run() {
         push(reduce(callable, args));
         break;
       }
-      case kBinPersId: push(persistent_load(*pop())); break;
+      case kBinPersId:
+        push(persistent_load(*pop()));
+        break;
       case kBuild: {  // only OrderedDict's __dict__ (the state dict's _metadata), which is dropped
         Value* state = pop();
         (void)state;

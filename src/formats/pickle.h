@@ -22,9 +22,9 @@ enum class Callable { none, ordered_dict, rebuild_tensor_v2, rebuild_parameter, 
 
 struct Value {
   Kind kind = Kind::none;
-  int64_t integer = 0;   // integer; boolean (0/1); storage: element count; tensor: storage offset (elements)
-  double floating = 0;   // floating
-  std::string text;      // string; global: "module.name"; storage: its key (zip entry <root>/data/<key>)
+  int64_t integer = 0;  // integer; boolean (0/1); storage: element count; tensor: storage offset (elements)
+  double floating = 0;  // floating
+  std::string text;     // string; global: "module.name"; storage: its key (zip entry <root>/data/<key>)
   Callable callable = Callable::none;  // global
   DType dtype = DType::f32;            // global storage_class, storage, tensor
   std::vector<const Value*> items;     // tuple, list; dict: key0, value0, key1, value1, ... (insertion order)

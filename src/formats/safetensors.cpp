@@ -99,8 +99,8 @@ nlohmann::ordered_json parse_header(std::string_view text, const std::string& fi
         break;
       case Json::parse_event_t::key:
         if (!keys.empty() && parsed.is_string() && !keys.back().insert(parsed.get<std::string>()).second)
-          throw Error(ErrorKind::model, file + ": header has duplicate key '" +
-                                            printable(parsed.get<std::string>()) + "'");
+          throw Error(ErrorKind::model,
+                      file + ": header has duplicate key '" + printable(parsed.get<std::string>()) + "'");
         break;
       case Json::parse_event_t::value:
         break;
@@ -164,7 +164,8 @@ void SafetensorsFile::add_tensor(const std::string& name, const nlohmann::ordere
   uint64_t numel = 1;
   for (const auto& d : *shape_it) {
     uint64_t dim;
-    if (!get_index(d, &dim)) fail(where + " shape " + printable(shape_it->dump()) + " is not all integers >= 0");
+    if (!get_index(d, &dim))
+      fail(where + " shape " + printable(shape_it->dump()) + " is not all integers >= 0");
     if (__builtin_mul_overflow(numel, dim, &numel) || numel > static_cast<uint64_t>(INT64_MAX) / elem)
       fail(where + " shape " + printable(shape_it->dump()) + " has too many elements");
     t.shape.push_back(static_cast<int64_t>(dim));

@@ -1,6 +1,6 @@
 // pytorch_model.bin as written by torch.save (zip format, torch >= 1.6):
-//   <root>/data.pkl     pickle of {name: _rebuild_tensor_v2(persistent storage id, offset, size, stride, ...)}
-//   <root>/data/<key>   raw little-endian storage bytes (normally stored uncompressed)
+//   <root>/data.pkl    {name: _rebuild_tensor_v2(persistent storage id, offset, size, stride, ...)}
+//   <root>/data/<key>  raw little-endian storage bytes (normally stored uncompressed)
 //   <root>/version, <root>/byteorder (optional), ...
 #include <sys/stat.h>
 #include <zip.h>
@@ -20,7 +20,7 @@ namespace {
 
 constexpr uint64_t kMaxPickleBytes = uint64_t{64} << 20;
 constexpr uint64_t kMaxEntryBytes = uint64_t{8} << 30;  // 8 GiB: far beyond any Perceiver storage
-constexpr uint64_t kMaxDeflateRatio = 1032;            // deflate cannot expand data by more than this
+constexpr uint64_t kMaxDeflateRatio = 1032;             // deflate cannot expand data by more than this
 constexpr int64_t kMaxEntries = 1'000'000;
 
 alignas(16) const std::byte kEmpty[16] = {};
@@ -52,10 +52,10 @@ class TorchZipFile final : public TensorFile {
 
   zip_t* zip_ = nullptr;
   uint64_t file_size_ = 0;
-  std::string root_;                        // "archive", "pytorch_model", ...
-  std::map<std::string, Buffer> storages_;  // key -> bytes
+  std::string root_;                                               // "archive", "pytorch_model", ...
+  std::map<std::string, Buffer> storages_;                         // key -> bytes
   std::map<std::string, std::pair<DType, int64_t>> storage_info_;  // key -> (dtype, numel) first seen
-  std::vector<Buffer> copies_;              // materialised non-contiguous tensors
+  std::vector<Buffer> copies_;                                     // materialised non-contiguous tensors
 };
 
 void TorchZipFile::open_archive() {
@@ -142,7 +142,8 @@ const Buffer& TorchZipFile::storage(const pickle::Value& ref) {
   if (index < 0) fail("storage '" + ref.text + "' has no zip entry '" + printable(name) + "'");
   const uint64_t elem = dtype_size(ref.dtype);
   uint64_t expected;
-  if (__builtin_mul_overflow(static_cast<uint64_t>(ref.integer), elem, &expected) || expected > kMaxEntryBytes)
+  if (__builtin_mul_overflow(static_cast<uint64_t>(ref.integer), elem, &expected) ||
+      expected > kMaxEntryBytes)
     fail("storage '" + ref.text + "' of " + std::to_string(ref.integer) + " elements is too large");
   Buffer bytes = read_entry(index, name, kMaxEntryBytes);
   if (bytes.size != expected)
@@ -207,7 +208,8 @@ void TorchZipFile::add_tensor(const std::string& name, const pickle::Value& t) {
     for (int64_t n = 0; n < numel; ++n) {
       int64_t src = t.integer;
       for (size_t i = 0; i < rank; ++i) src += index[i] * t.stride[i];
-      std::memcpy(copy.bytes.get() + static_cast<size_t>(n) * elem, base + static_cast<size_t>(src) * elem, elem);
+      std::memcpy(copy.bytes.get() + static_cast<size_t>(n) * elem, base + static_cast<size_t>(src) * elem,
+                  elem);
       for (size_t i = rank; i-- > 0;) {  // odometer increment
         if (++index[i] < t.size[i]) break;
         index[i] = 0;
@@ -246,8 +248,8 @@ void TorchZipFile::load() {
   }
 
   Buffer program = read_entry(pickle_index, root_ + "/data.pkl", kMaxPickleBytes);
-  pickle::Result result = pickle::unpickle(std::span<const std::byte>(program.bytes.get(), program.size),
-                                           path_.string());
+  pickle::Result result =
+      pickle::unpickle(std::span<const std::byte>(program.bytes.get(), program.size), path_.string());
   const pickle::Value& root = result.root();
   if (root.kind != pickle::Kind::dict)
     fail(std::string("data.pkl holds a ") + pickle::kind_name(root.kind) + ", expected a dict of tensors");

@@ -49,9 +49,7 @@ struct Exchange {
   BodySink* sink;
   bool began = false;
 
-  bool body_is_payload() const {
-    return sink && (response->status == 200 || response->status == 206);
-  }
+  bool body_is_payload() const { return sink && (response->status == 200 || response->status == 206); }
 };
 
 size_t on_header(char* buffer, size_t size, size_t count, void* user) {
@@ -140,7 +138,8 @@ HttpResponse HttpClient::perform(const std::string& url, bool head, uint64_t ran
   curl_slist* headers = curl_slist_append(nullptr, "Accept-Encoding: identity");
   // Redirects are never followed by libcurl, so this header cannot leak to another host through it; and it is
   // attached only when this very URL belongs to the hub's origin.
-  if (!settings_.token.empty() && !settings_.token_origin.empty() && url_origin(url) == settings_.token_origin) {
+  if (!settings_.token.empty() && !settings_.token_origin.empty() &&
+      url_origin(url) == settings_.token_origin) {
     std::string auth = "Authorization: Bearer " + settings_.token;
     headers = curl_slist_append(headers, auth.c_str());
   }

@@ -1,9 +1,9 @@
-// Hub downloads into the huggingface_hub cache layout:
-//   <cache>/models--<org>--<name>/blobs/<etag>             file contents, named by ETag (git sha1 or LFS sha256)
-//   <cache>/models--<org>--<name>/snapshots/<commit>/<file> relative symlinks ../../blobs/<etag>
-//   <cache>/models--<org>--<name>/refs/<revision>          the commit a branch or tag pointed to
-//   <cache>/models--<org>--<name>/.no_exist/<commit>/<file> empty marker: the file is not in that commit
-//   <cache>/.locks/models--<org>--<name>/<etag>.lock        flock()ed while the blob is written
+// Hub downloads into the huggingface_hub cache layout, under <cache>/models--<org>--<name>/:
+//   blobs/<etag>              file contents, named by ETag (git blob sha1, or sha256 for LFS files)
+//   snapshots/<commit>/<file> relative symlinks ../../blobs/<etag>
+//   refs/<revision>           the commit a branch or tag pointed to when last asked
+//   .no_exist/<commit>/<file> empty marker: the file is not in that commit
+// and <cache>/.locks/models--<org>--<name>/<etag>.lock, flock()ed while a blob is written.
 #include "hub/hub.h"
 
 #include <fcntl.h>
@@ -38,7 +38,7 @@ constexpr const char* kUserAgent = "perceiver.cpp/0.1";
 constexpr const char* kDefaultEndpoint = "https://huggingface.co";
 constexpr uint64_t kProgressMinBytes = 1 << 20;
 
-// --- small helpers ---------------------------------------------------------------------------------------------
+// --- small helpers -----------------------------------------------------------------------------------------
 
 std::string env(const char* name) {
   const char* value = std::getenv(name);
@@ -127,7 +127,8 @@ bool is_safe_name(const std::string& name) {
 
 // Revisions become paths under refs/ (a branch may hold slashes): refuse anything that could escape.
 bool is_safe_revision(const std::string& revision) {
-  if (revision.empty() || revision.size() > 255 || revision.front() == '/' || revision.back() == '/') return false;
+  if (revision.empty() || revision.size() > 255 || revision.front() == '/' || revision.back() == '/')
+    return false;
   std::stringstream parts(revision);
   for (std::string part; std::getline(parts, part, '/');)
     if (part.empty() || part == "." || part == ".." || part.find('\0') != std::string::npos) return false;
@@ -157,7 +158,7 @@ std::string read_small_file(const fs::path& path) {
 
 std::string errno_text(int error) { return std::strerror(error); }
 
-// --- file-system pieces ------------------------------------------------------------------------------------------
+// --- file-system pieces ------------------------------------------------------------------------------------
 
 class UniqueFd {
  public:
@@ -179,7 +180,8 @@ class FileLock {
  public:
   FileLock(const fs::path& path, const std::string& waiting_note) {
     fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd_ < 0) throw Error(ErrorKind::io, path.string() + ": cannot create lock file: " + errno_text(errno));
+    if (fd_ < 0)
+      throw Error(ErrorKind::io, path.string() + ": cannot create lock file: " + errno_text(errno));
     if (::flock(fd_, LOCK_EX | LOCK_NB) == 0) return;
     if (errno != EWOULDBLOCK) fail(path);
     if (!waiting_note.empty()) std::fprintf(stderr, "%s\n", waiting_note.c_str());
@@ -273,9 +275,10 @@ void link_snapshot(const fs::path& blob, const fs::path& pointer) {
   }
 }
 
-// --- download of one blob ----------------------------------------------------------------------------------------
+// --- download of one blob ----------------------------------------------------------------------------------
 
-// Writes the body of a 200/206 answer into the .incomplete file, restarting when a resume request was ignored.
+// Writes the body of a 200/206 answer into the .incomplete file, restarting when a resume request was
+// ignored.
 class BlobSink : public hub::BodySink {
  public:
   BlobSink(int fd, uint64_t resume_from, hub::ProgressBar& progress)
@@ -287,7 +290,8 @@ class BlobSink : public hub::BodySink {
       std::string range = response.header("content-range");
       unsigned long long first = 0;
       if (std::sscanf(range.c_str(), "bytes %llu-", &first) != 1 || first != resume_from_) {
-        protocol_error_ = "the server answered a resume request with the wrong range (" + one_line(range) + ")";
+        protocol_error_ =
+            "the server answered a resume request with the wrong range (" + one_line(range) + ")";
         return false;
       }
       return true;
@@ -331,7 +335,7 @@ class BlobSink : public hub::BodySink {
   std::string protocol_error_;
 };
 
-// --- resolution of one repository ------------------------------------------------------------------------------
+// --- resolution of one repository --------------------------------------------------------------------------
 
 enum class State { present, absent, unknown };  // absent: known not to be in the commit; unknown: not cached
 
@@ -358,7 +362,8 @@ class Resolver {
         cache_(hub_cache_dir()),
         storage_(cache_ / ("models--" + folder_name(repo_id))),
         locks_(cache_ / ".locks" / ("models--" + folder_name(repo_id))),
-        http_(hub::HttpSettings{kUserAgent, read_token(), hub::url_origin(endpoint_), 10, stall_timeout_seconds()}) {
+        http_(hub::HttpSettings{kUserAgent, read_token(), hub::url_origin(endpoint_), 10,
+                                stall_timeout_seconds()}) {
     if (env_truthy("HF_HUB_OFFLINE")) go_offline("HF_HUB_OFFLINE=1", /*by_choice=*/true);
   }
 
@@ -366,8 +371,8 @@ class Resolver {
     Lookup config = fetch("config.json");
     if (config.state == State::unknown) throw not_cached("config.json");
     if (config.state == State::absent)
-      throw Error(ErrorKind::model, repo_ + ": config.json is not in the repository at revision '" + revision_ +
-                                        "' (is it a Perceiver IO model?)");
+      throw Error(ErrorKind::model, repo_ + ": config.json is not in the repository at revision '" +
+                                        revision_ + "' (is it a Perceiver IO model?)");
     fetch("preprocessor_config.json");  // optional: absent or unknown both mean "use the defaults"
     Lookup weights = fetch("model.safetensors");
     if (weights.state != State::present) {
@@ -393,7 +398,8 @@ class Resolver {
  private:
   static std::string folder_name(const std::string& repo_id) {
     std::string name = repo_id;
-    for (size_t at = name.find('/'); at != std::string::npos; at = name.find('/', at + 2)) name.replace(at, 1, "--");
+    for (size_t at = name.find('/'); at != std::string::npos; at = name.find('/', at + 2))
+      name.replace(at, 1, "--");
     return name;
   }
 
@@ -443,7 +449,8 @@ class Resolver {
       return;
     }
     pinned_ = commit;
-    if (revision_ != commit && trim(read_small_file(ref_path())) != commit) write_small_file(ref_path(), commit);
+    if (revision_ != commit && trim(read_small_file(ref_path())) != commit)
+      write_small_file(ref_path(), commit);
   }
 
   Lookup fetch(const std::string& file) {
@@ -474,8 +481,8 @@ class Resolver {
     meta.etag = normalize_etag(linked_etag.empty() ? head.header("etag") : linked_etag);
     if (!is_safe_name(meta.etag))
       throw Error(ErrorKind::network, repo_ + "/" + file + ": " + endpoint_ +
-                                          " answered without a usable ETag header ('" + one_line(meta.etag, 80) +
-                                          "')");
+                                          " answered without a usable ETag header ('" +
+                                          one_line(meta.etag, 80) + "')");
     std::string linked_size = head.header("x-linked-size");
     meta.size = parse_size(linked_size.empty() ? head.header("content-length") : linked_size);
     meta.location = head.is_redirect() ? head.redirect_url : head.url;
@@ -489,8 +496,9 @@ class Resolver {
     std::string commit = head.header("x-repo-commit");
     if (head.status == 404 && code == "EntryNotFound") {
       if (is_commit_hash(commit)) {
-        fs::path marker = storage_ / ".no_exist" / commit / file;
-        fs::create_directories(marker.parent_path());
+        fs::path marker = storage_ / ".no_exist" / commit / file;  // best effort: the cache may be read-only
+        std::error_code ignored;
+        fs::create_directories(marker.parent_path(), ignored);
         std::ofstream touch(marker, std::ios::app);
         pin(commit, file);
       }
@@ -502,9 +510,10 @@ class Resolver {
     std::string detail = one_line(head.header("x-error-message"));
     std::string message;
     if (code == "GatedRepo") {
-      message = repo_ + "/" + file + ": access to this gated repository is restricted; " +
-                (http_.settings().token.empty() ? "set HF_TOKEN to a token of an account that was granted access"
-                                                : "the account of HF_TOKEN has not been granted access");
+      message =
+          repo_ + "/" + file + ": access to this gated repository is restricted; " +
+          (http_.settings().token.empty() ? "set HF_TOKEN to a token of an account that was granted access"
+                                          : "the account of HF_TOKEN has not been granted access");
     } else if (code == "RepoNotFound" || (head.status == 404 && code.empty())) {
       message = repo_ + ": repository not found on " + endpoint_ +
                 (http_.settings().token.empty() ? " (if it is private or gated, set HF_TOKEN)" : "");
@@ -546,8 +555,8 @@ class Resolver {
     fs::path incomplete = blob;
     incomplete += ".incomplete";
     UniqueFd fd(::open(incomplete.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
-    if (fd.get() < 0) throw Error(ErrorKind::io, where + "cannot create " + incomplete.string() + ": " +
-                                                     errno_text(errno));
+    if (fd.get() < 0)
+      throw Error(ErrorKind::io, where + "cannot create " + incomplete.string() + ": " + errno_text(errno));
     auto discard = [&] {
       std::error_code ignored;
       fs::remove(incomplete, ignored);
@@ -569,8 +578,8 @@ class Resolver {
       uint64_t now = file_size(fd.get());
 
       if (sink.io_errno() != 0)
-        throw Error(ErrorKind::io, where + "cannot write " + incomplete.string() + ": " +
-                                       errno_text(sink.io_errno()));
+        throw Error(ErrorKind::io,
+                    where + "cannot write " + incomplete.string() + ": " + errno_text(sink.io_errno()));
       if (!sink.protocol_error().empty()) {
         discard();
         throw Error(ErrorKind::network, where + sink.protocol_error());
@@ -592,8 +601,8 @@ class Resolver {
                                             hub::url_origin(response.url) +
                                             (http_.settings().token.empty() ? " (set HF_TOKEN)" : ""));
       if (response.status != 200 && response.status != 206)
-        throw Error(ErrorKind::network, where + "HTTP " + std::to_string(response.status) + " from " +
-                                            response.url);
+        throw Error(ErrorKind::network,
+                    where + "HTTP " + std::to_string(response.status) + " from " + response.url);
       break;
     }
 
@@ -603,8 +612,9 @@ class Resolver {
                                           "; run again to resume");
     if (meta.size && now > total) {
       discard();
-      throw Error(ErrorKind::network, where + "corrupted download: " + std::to_string(now) + " bytes instead of " +
-                                          std::to_string(total) + "; removed it, run again");
+      throw Error(ErrorKind::network, where + "corrupted download: " + std::to_string(now) +
+                                          " bytes instead of " + std::to_string(total) +
+                                          "; removed it, run again");
     }
     if (meta.lfs) {
       std::string digest = sha256_of(fd.get());
@@ -618,7 +628,8 @@ class Resolver {
     if (::fdatasync(fd.get()) != 0) throw Error(ErrorKind::io, where + "cannot sync " + incomplete.string());
     std::error_code error;
     fs::rename(incomplete, blob, error);
-    if (error) throw Error(ErrorKind::io, where + "cannot rename " + incomplete.string() + ": " + error.message());
+    if (error)
+      throw Error(ErrorKind::io, where + "cannot rename " + incomplete.string() + ": " + error.message());
   }
 
   static std::string format_fraction(uint64_t done, uint64_t total) {
@@ -677,8 +688,8 @@ std::filesystem::path resolve_hub_model(const std::string& repo_id, const HubOpt
   try {
     return Resolver(repo_id, options).run();
   } catch (const fs::filesystem_error& error) {
-    throw Error(ErrorKind::io, repo_id + ": cache " + one_line(error.path1().string()) + ": " +
-                                   error.code().message());
+    throw Error(ErrorKind::io,
+                repo_id + ": cache " + one_line(error.path1().string()) + ": " + error.code().message());
   }
 }
 

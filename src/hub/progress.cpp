@@ -16,17 +16,22 @@ std::string format_bytes(uint64_t bytes) {
     ++unit;
   }
   char text[32];
-  std::snprintf(text, sizeof text, value < 10 ? "%.2f %s" : value < 100 ? "%.1f %s" : "%.0f %s", value,
-                kUnits[unit]);
+  std::snprintf(text, sizeof text,
+                value < 10    ? "%.2f %s"
+                : value < 100 ? "%.1f %s"
+                              : "%.0f %s",
+                value, kUnits[unit]);
   return text;
 }
 
-std::string format_progress(const std::string& label, uint64_t done, uint64_t total, double bytes_per_second) {
+std::string format_progress(const std::string& label, uint64_t done, uint64_t total,
+                            double bytes_per_second) {
   std::string line = label + "  " + format_bytes(done);
   if (total > 0) {
     line += " / " + format_bytes(total);
     char percent[16];
-    std::snprintf(percent, sizeof percent, "  %3d%%", static_cast<int>(done >= total ? 100 : done * 100 / total));
+    std::snprintf(percent, sizeof percent, "  %3d%%",
+                  static_cast<int>(done >= total ? 100 : done * 100 / total));
     line += percent;
   }
   if (bytes_per_second > 0) {
@@ -76,7 +81,7 @@ void ProgressBar::update(uint64_t done) {
 void ProgressBar::finish() {
   if (!enabled_ || finished_) return;
   finished_ = true;
-  draw(last_done_);
+  if (!drawn_ || drawn_done_ != last_done_) draw(last_done_);
   std::fputc('\n', out_);
   std::fflush(out_);
 }
@@ -91,6 +96,7 @@ void ProgressBar::draw(uint64_t done) {
   std::fprintf(out_, "\r%s", line.c_str());
   std::fflush(out_);
   drawn_ = true;
+  drawn_done_ = done;
 }
 
 }  // namespace perceiver::hub

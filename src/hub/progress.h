@@ -17,8 +17,8 @@ std::string format_progress(const std::string& label, uint64_t done, uint64_t to
 
 class ProgressBar {
  public:
-  // Draws nothing unless `enabled`. `start` is what was already on disk (a resumed download): it counts as done
-  // but not towards the rate.
+  // Draws nothing unless `enabled`. `start` is what was already on disk (a resumed download): it counts as
+  // done but not towards the rate.
   ProgressBar(std::string label, uint64_t total, uint64_t start, bool enabled, std::FILE* out = stderr);
   ~ProgressBar();
   ProgressBar(const ProgressBar&) = delete;
@@ -35,6 +35,7 @@ class ProgressBar {
   uint64_t total_;
   uint64_t start_;
   uint64_t last_done_ = 0;
+  uint64_t drawn_done_ = 0;
   bool enabled_;
   bool drawn_ = false;
   bool finished_ = false;

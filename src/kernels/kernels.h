@@ -38,6 +38,9 @@ struct AttentionArgs {
   int batch = 1, heads = 1, nq = 0, nk = 0, dqk = 0, dv = 0;
   long ldq = 0, ldk = 0, ldv = 0, ldo = 0;
   float scale = 1.0f;  // applied to q.k after the dot product (as HF divides the scores)
+  // bf16: q, k, v and the unnormalised probabilities exp(s - max) enter the two products as bf16, with fp32
+  // accumulation; the softmax itself (max, exp, sum, the final 1/sum) stays fp32. probs are always fp32.
+  Precision precision = Precision::fp32;
 };
 
 class Backend {

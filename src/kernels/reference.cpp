@@ -82,8 +82,11 @@ class ReferenceBackend : public Backend {
     }
   }
 
-  // For each (batch, head, query): scores over all keys, softmax, weighted sum of values.
+  // For each (batch, head, query): scores over all keys, softmax, weighted sum of values. In bf16 mode q, k, v
+  // and the unnormalised probabilities are rounded to bf16 before their products, as the fast backend does.
   void attention(const AttentionArgs& a) override {
+    const bool bf16 = a.precision == Precision::bf16;
+    auto in = [bf16](float x) { return bf16 ? double(round_to_bf16(x)) : double(x); };
 #pragma omp parallel num_threads(threads_)
     {
       std::vector<double> p(a.nk);
@@ -96,22 +99,23 @@ class ReferenceBackend : public Backend {
             for (int j = 0; j < a.nk; ++j) {
               const float* k = a.k + (long(b) * a.nk + j) * a.ldk + long(h) * a.dqk;
               double s = 0;
-              for (int d = 0; d < a.dqk; ++d) s += double(q[d]) * double(k[d]);
+              for (int d = 0; d < a.dqk; ++d) s += in(q[d]) * in(k[d]);
               p[j] = s * a.scale;
               max_s = std::max(max_s, p[j]);
             }
             double sum = 0;
             for (int j = 0; j < a.nk; ++j) sum += (p[j] = std::exp(p[j] - max_s));
-            for (int j = 0; j < a.nk; ++j) p[j] /= sum;
             if (a.probs) {
               float* pr = a.probs + ((long(b) * a.heads + h) * a.nq + i) * long(a.nk);
-              for (int j = 0; j < a.nk; ++j) pr[j] = static_cast<float>(p[j]);
+              for (int j = 0; j < a.nk; ++j) pr[j] = static_cast<float>(p[j] / sum);
             }
+            if (bf16)
+              for (int j = 0; j < a.nk; ++j) p[j] = round_to_bf16(static_cast<float>(p[j]));
             float* out = a.out + (long(b) * a.nq + i) * a.ldo + long(h) * a.dv;
             for (int d = 0; d < a.dv; ++d) {
               double acc = 0;
-              for (int j = 0; j < a.nk; ++j) acc += p[j] * a.v[(long(b) * a.nk + j) * a.ldv + long(h) * a.dv + d];
-              out[d] = static_cast<float>(acc);
+              for (int j = 0; j < a.nk; ++j) acc += p[j] * in(a.v[(long(b) * a.nk + j) * a.ldv + long(h) * a.dv + d]);
+              out[d] = static_cast<float>(acc / sum);
             }
           }
     }

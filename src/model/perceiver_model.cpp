@@ -2,10 +2,13 @@
 //   PerceiverForImageClassificationConvProcessing / ...Fourier / ...Learned.
 // Shapes: B batch, N input tokens, C input channels (322/261/512), L latents, D latent width.
 #include <omp.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <set>
 
@@ -21,33 +24,74 @@ namespace {
 constexpr float kLayerNormEps = 1e-5f;  // nn.LayerNorm default; config.layer_norm_eps is never read by HF
 constexpr float kBatchNormEps = 1e-5f;
 
-// Reads tensors by name from a weight file, checking dtype and shape, and remembers which were used.
+// One tensor as fp32: a view straight into the weight file's mapping when it is stored as F32, else an owned
+// converted (or, for random models, generated) copy.
+struct Weight {
+  const float* data = nullptr;
+  size_t size = 0;
+  std::vector<float> owned;
+  const TensorRef* ref = nullptr;  // the file's tensor, when it came from a file
+
+  const float& operator[](size_t i) const { return data[i]; }
+  std::vector<float> vec() const { return std::vector<float>(data, data + size); }
+};
+
+// Reads tensors by name from a weight file, checking dtype and shape, and remembers which were used. Without a
+// file it makes up random weights of the requested shapes (Model::create_random).
 class WeightReader {
  public:
-  explicit WeightReader(const TensorFile& file) : file_(file) {}
+  // release_pages: the file is memory-mapped (safetensors), so release() may drop a tensor's pages.
+  WeightReader(const TensorFile& file, bool release_pages) : file_(&file), release_pages_(release_pages) {}
+  explicit WeightReader(uint64_t seed) : rng_state_(seed * 0x9e3779b97f4a7c15ull + 1) {}
 
-  std::vector<float> get(const std::string& name, const std::vector<int64_t>& shape) {
-    const TensorRef* t = file_.find(name);
-    if (!t) {
+  Weight get(const std::string& name, const std::vector<int64_t>& shape) {
+    Weight w;
+    if (!name.ends_with("running_mean") && !name.ends_with("running_var")) num_parameters_ += int64_t(count(shape));
+    if (!file_) {
+      w.owned = random_tensor(name, count(shape));
+    } else if (const TensorRef* t = file_->find(name); !t) {
       missing_.push_back(name);
-      return std::vector<float>(count(shape), 0.0f);
+      w.owned.assign(count(shape), 0.0f);
+    } else {
+      used_.insert(name);
+      if (t->shape != shape) {
+        TensorRef want;
+        want.shape = shape;
+        throw Error(ErrorKind::model, file_->path().string() + ": tensor '" + name + "' has shape " +
+                                          t->shape_string() + ", expected " + want.shape_string());
+      }
+      if (t->dtype == DType::i64)
+        throw Error(ErrorKind::model,
+                    file_->path().string() + ": tensor '" + name + "' has dtype I64, expected a float");
+      w.ref = t;
+      if (t->dtype == DType::f32) {  // zero-copy
+        w.data = reinterpret_cast<const float*>(t->data);
+        w.size = count(shape);
+        return w;
+      }
+      w.owned = tensor_to_f32(*t, file_->path());
     }
-    used_.insert(name);
-    if (t->shape != shape) {
-      TensorRef want;
-      want.shape = shape;
-      throw Error(ErrorKind::model, file_.path().string() + ": tensor '" + name + "' has shape " +
-                                        t->shape_string() + ", expected " + want.shape_string());
-    }
-    if (t->dtype == DType::i64)
-      throw Error(ErrorKind::model, file_.path().string() + ": tensor '" + name + "' has dtype I64, expected a float");
-    return tensor_to_f32(*t, file_.path());
+    w.data = w.owned.data();
+    w.size = w.owned.size();
+    return w;
+  }
+
+  // The tensor has been packed and is not needed any more: give its file pages back, so that the mapped file
+  // and the packed weights do not both count in the resident set while loading.
+  void release(const Weight& w) const {
+    if (!release_pages_ || !w.ref || w.ref->dtype != DType::f32 || w.ref->nbytes == 0) return;
+    static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t begin = (reinterpret_cast<uintptr_t>(w.ref->data) + page - 1) / page * page;
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(w.ref->data) + w.ref->nbytes) / page * page;
+    // Read-only private file mapping: the pages are re-read from the page cache should anything touch them.
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
   }
 
   // Every needed tensor present, nothing unexpected left over (BatchNorm's num_batches_tracked is ignored).
   void finish() const {
+    if (!file_) return;
     std::vector<std::string> unexpected;
-    for (const auto& t : file_.tensors())
+    for (const auto& t : file_->tensors())
       if (!used_.count(t.name) && !t.name.ends_with("num_batches_tracked")) unexpected.push_back(t.name);
     if (missing_.empty() && unexpected.empty()) return;
     auto list = [](const std::vector<std::string>& names) {
@@ -56,12 +100,15 @@ class WeightReader {
       if (names.size() > 5) s += " and " + std::to_string(names.size() - 5) + " more";
       return s;
     };
-    std::string msg = file_.path().string() + ": weights do not match config.json:";
+    std::string msg = file_->path().string() + ": weights do not match config.json:";
     if (!missing_.empty()) msg += " missing " + list(missing_);
     if (!missing_.empty() && !unexpected.empty()) msg += ";";
     if (!unexpected.empty()) msg += " unexpected " + list(unexpected);
     throw Error(ErrorKind::model, msg);
   }
+
+  // Parameters read (BatchNorm running statistics excluded), as HF counts them.
+  int64_t num_parameters() const { return num_parameters_; }
 
   static size_t count(const std::vector<int64_t>& shape) {
     size_t n = 1;
@@ -70,9 +117,32 @@ class WeightReader {
   }
 
  private:
-  const TensorFile& file_;
+  // HF-like initialisation: weights ~ uniform with std 0.02, biases small, LayerNorm/BatchNorm scales near 1,
+  // running variances near 1. Uniform rather than normal: cheap, and the values only need to be sane.
+  std::vector<float> random_tensor(const std::string& name, size_t n) {
+    std::vector<float> v(n);
+    float centre = 0.0f, half_width = 0.02f * 1.7320508f;
+    const bool norm = name.find("norm") != std::string::npos;
+    if (name.ends_with("running_var") || (norm && name.ends_with(".weight"))) {
+      centre = 1.0f;
+      half_width = 0.1f;
+    } else if (name.ends_with(".bias") || name.ends_with("running_mean")) {
+      half_width = 0.01f;
+    }
+    for (auto& x : v) {
+      rng_state_ = rng_state_ * 6364136223846793005ull + 1442695040888963407ull;  // 64-bit LCG, top 24 bits
+      const float u = static_cast<float>(rng_state_ >> 40) * (1.0f / 16777216.0f);
+      x = centre + half_width * (2.0f * u - 1.0f);
+    }
+    return v;
+  }
+
+  const TensorFile* file_ = nullptr;
+  bool release_pages_ = false;
+  uint64_t rng_state_ = 0;
   std::set<std::string> used_;
   std::vector<std::string> missing_;
+  int64_t num_parameters_ = 0;
 };
 
 struct LayerNormWeights {
@@ -83,14 +153,17 @@ struct LayerNormWeights {
 struct LayerWeights {
   LayerShape shape;
   LayerNormWeights ln_query, ln_kv, ln_mlp;  // ln_kv: cross-attention only
-  std::unique_ptr<PackedLinear> query, key, value, output, mlp1, mlp2;
+  // Self-attention: one GEMM for Q, K and V (weights concatenated, output [rows, 2 qk + v]); cross-attention:
+  // query from the query stream, key and value from the key/value stream.
+  std::unique_ptr<PackedLinear> qkv, query, key, value, output, mlp1, mlp2;
 };
 
 }  // namespace
 
 class PerceiverModel final : public Model {
  public:
-  PerceiverModel(const std::filesystem::path& model_dir, const ModelOptions& options);
+  // Reads every weight through `reader` (a file, or random weights) and packs it for the backend.
+  PerceiverModel(PerceiverConfig config, WeightReader& reader, const ModelOptions& options);
 
   const ModelInfo& info() const override { return info_; }
   void check_input_size(int height, int width) const override;
@@ -150,22 +223,15 @@ class PerceiverModel final : public Model {
     std::vector<float> x, x_norm;         // [B, L, D]
     std::vector<float> decoder_x;         // [B, 1, D]
     std::vector<float> queries, context;  // [B, L, max qk / v]
+    std::vector<float> qkv;               // self-attention [B, L, 2 qk + v]
     std::vector<float> hidden;            // [B, L, max mlp hidden]
     std::vector<float> probs;             // only when tracing probabilities
     std::vector<float> scratch;           // trace layout conversions
   } ws_;
 };
 
-PerceiverModel::PerceiverModel(const std::filesystem::path& model_dir, const ModelOptions& options)
-    : options_(options) {
-  config_ = load_config(model_dir / "config.json");
-  std::filesystem::path weights_path = options.weights_file;
-  if (weights_path.empty()) {
-    weights_path = model_dir / "model.safetensors";
-    if (!std::filesystem::exists(weights_path)) weights_path = model_dir / "pytorch_model.bin";
-    if (!std::filesystem::exists(weights_path))
-      throw Error(ErrorKind::model, model_dir.string() + ": neither model.safetensors nor pytorch_model.bin found");
-  }
+PerceiverModel::PerceiverModel(PerceiverConfig config, WeightReader& reader, const ModelOptions& options)
+    : config_(std::move(config)), options_(options) {
   if (options.backend == "reference")
     backend_ = make_reference_backend(options.threads);
   else if (options.backend == "auto" || options.backend == "fast")
@@ -175,8 +241,6 @@ PerceiverModel::PerceiverModel(const std::filesystem::path& model_dir, const Mod
   if (options.backend == "fast" && backend_->name() == "reference")
     throw Error(ErrorKind::usage, "the fast backend is not available on this build or CPU");
 
-  auto file = open_weights(weights_path);
-  WeightReader reader(*file);
   const auto& c = config_;
   const int64_t L = c.num_latents, D = c.d_latents;
   const std::string p = "perceiver.";
@@ -185,7 +249,7 @@ PerceiverModel::PerceiverModel(const std::filesystem::path& model_dir, const Mod
     case Architecture::conv: {
       const std::string cp = p + "input_preprocessor.convnet.";
       auto w = reader.get(cp + "conv.weight", {kConvStemChannels, 3, 7, 7});
-      conv_stem_ = backend_->pack_linear(w.data(), nullptr, kConvStemChannels, 3 * 7 * 7, Precision::fp32);
+      conv_stem_ = backend_->pack_linear(w.data, nullptr, kConvStemChannels, 3 * 7 * 7, Precision::fp32);
       auto gamma = reader.get(cp + "batchnorm.weight", {kConvStemChannels});
       auto beta = reader.get(cp + "batchnorm.bias", {kConvStemChannels});
       auto mean = reader.get(cp + "batchnorm.running_mean", {kConvStemChannels});
@@ -203,25 +267,25 @@ PerceiverModel::PerceiverModel(const std::filesystem::path& model_dir, const Mod
       const std::string lp = p + "input_preprocessor.";
       auto w = reader.get(lp + "convnet_1x1.weight", {kLearnedChannels, 3, 1, 1});
       auto b = reader.get(lp + "convnet_1x1.bias", {kLearnedChannels});
-      conv1x1_ = backend_->pack_linear(w.data(), b.data(), kLearnedChannels, 3, Precision::fp32);
+      conv1x1_ = backend_->pack_linear(w.data, b.data, kLearnedChannels, 3, Precision::fp32);
       const int64_t n = int64_t(c.image_size) * c.image_size;
       auto table = reader.get(lp + "position_embeddings.position_embeddings", {n, kLearnedChannels});
       auto proj = load_linear(reader, lp + "positions_projection", kLearnedChannels, kLearnedChannels);
       // The projection of the position table is input-independent: done once here. [N, 256]
-      learned_positions_.resize(table.size());
-      backend_->linear(*proj, table.data(), kLearnedChannels, static_cast<int>(n), learned_positions_.data(),
+      learned_positions_.resize(table.size);
+      backend_->linear(*proj, table.data, kLearnedChannels, static_cast<int>(n), learned_positions_.data(),
                        kLearnedChannels, Activation::none, nullptr);
       break;
     }
   }
 
-  latents_ = reader.get(p + "embeddings.latents", {L, D});
+  latents_ = reader.get(p + "embeddings.latents", {L, D}).vec();
   load_layer(reader, p + "encoder.cross_attention.", c.encoder_cross, &encoder_cross_);
   self_attends_.resize(c.num_self_attends_per_block);
   for (int i = 0; i < c.num_self_attends_per_block; ++i)
     load_layer(reader, p + "encoder.self_attends." + std::to_string(i) + ".", c.self_attention, &self_attends_[i]);
   const std::string dp = p + "decoder.decoder.";
-  decoder_query_ = reader.get(dp + "output_position_encodings.position_embeddings", {1, D});
+  decoder_query_ = reader.get(dp + "output_position_encodings.position_embeddings", {1, D}).vec();
   load_layer(reader, dp + "decoding_cross_attention.", c.decoder_cross, &decoder_cross_);
   final_layer_ = load_linear(reader, dp + "final_layer", c.num_labels(), c.d_latents);
   reader.finish();
@@ -233,30 +297,46 @@ PerceiverModel::PerceiverModel(const std::filesystem::path& model_dir, const Mod
   info_.num_latents = c.num_latents;
   info_.d_latents = c.d_latents;
   if (c.architecture == Architecture::learned) info_.fixed_image_height = info_.fixed_image_width = c.image_size;
-  for (const auto& t : file->tensors())
-    if (t.dtype != DType::i64 && !t.name.ends_with("running_mean") && !t.name.ends_with("running_var"))
-      info_.num_parameters += t.numel();
+  info_.num_parameters = reader.num_parameters();
 }
 
 LayerNormWeights PerceiverModel::load_layer_norm(WeightReader& reader, const std::string& prefix, int width) {
-  return {reader.get(prefix + ".weight", {width}), reader.get(prefix + ".bias", {width})};
+  return {reader.get(prefix + ".weight", {width}).vec(), reader.get(prefix + ".bias", {width}).vec()};
 }
 
 std::unique_ptr<PackedLinear> PerceiverModel::load_linear(WeightReader& reader, const std::string& prefix, int out,
                                                           int in) {
   auto w = reader.get(prefix + ".weight", {out, in});
   auto b = reader.get(prefix + ".bias", {out});
-  return backend_->pack_linear(w.data(), b.data(), out, in, options_.precision);
+  auto packed = backend_->pack_linear(w.data, b.data, out, in, options_.precision);
+  reader.release(w);
+  return packed;
 }
 
 void PerceiverModel::load_layer(WeightReader& reader, const std::string& prefix, const LayerShape& s,
                                 LayerWeights* layer) {
   layer->shape = s;
   layer->ln_query = load_layer_norm(reader, prefix + "attention.self.layernorm1", s.q_dim);
-  if (s.is_cross) layer->ln_kv = load_layer_norm(reader, prefix + "attention.self.layernorm2", s.kv_dim);
-  layer->query = load_linear(reader, prefix + "attention.self.query", s.qk_channels, s.q_dim);
-  layer->key = load_linear(reader, prefix + "attention.self.key", s.qk_channels, s.kv_dim);
-  layer->value = load_linear(reader, prefix + "attention.self.value", s.v_channels, s.kv_dim);
+  if (s.is_cross) {
+    layer->ln_kv = load_layer_norm(reader, prefix + "attention.self.layernorm2", s.kv_dim);
+    layer->query = load_linear(reader, prefix + "attention.self.query", s.qk_channels, s.q_dim);
+    layer->key = load_linear(reader, prefix + "attention.self.key", s.qk_channels, s.kv_dim);
+    layer->value = load_linear(reader, prefix + "attention.self.value", s.v_channels, s.kv_dim);
+  } else {  // Q, K and V all read LN(x): one GEMM with the three weight matrices stacked
+    const int n = 2 * s.qk_channels + s.v_channels;
+    std::vector<float> weight(size_t(n) * s.q_dim), bias(n);
+    int row = 0;
+    for (const auto& [name, rows] : {std::pair<const char*, int>{"query", s.qk_channels}, {"key", s.qk_channels},
+                                     {"value", s.v_channels}}) {
+      auto w = reader.get(prefix + "attention.self." + name + ".weight", {rows, s.q_dim});
+      auto b = reader.get(prefix + "attention.self." + name + ".bias", {rows});
+      std::memcpy(&weight[size_t(row) * s.q_dim], w.data, sizeof(float) * w.size);
+      std::memcpy(&bias[row], b.data, sizeof(float) * b.size);
+      reader.release(w);
+      row += rows;
+    }
+    layer->qkv = backend_->pack_linear(weight.data(), bias.data(), n, s.q_dim, options_.precision);
+  }
   layer->output = load_linear(reader, prefix + "attention.output.dense", s.q_dim, s.v_channels);
   layer->ln_mlp = load_layer_norm(reader, prefix + "layernorm", s.q_dim);
   layer->mlp1 = load_linear(reader, prefix + "mlp.dense1", s.mlp_hidden, s.q_dim);
@@ -348,6 +428,7 @@ void PerceiverModel::prepare(int batch, int height, int width) {
   w.decoder_x.assign(B * D, 0.0f);
   w.queries.assign(B * L * std::max({ec.qk_channels, sa.qk_channels, dc.qk_channels}), 0.0f);
   w.context.assign(B * L * std::max({ec.v_channels, sa.v_channels, dc.v_channels}), 0.0f);
+  w.qkv.assign(B * L * (2 * sa.qk_channels + sa.v_channels), 0.0f);
   w.hidden.assign(B * L * std::max({ec.mlp_hidden, sa.mlp_hidden, dc.mlp_hidden}), 0.0f);
   w.probs.clear();
 }
@@ -451,22 +532,27 @@ void PerceiverModel::run_layer(const LayerWeights& lw, float* x, int batch, int 
   const int rows_q = batch * nq, rows_kv = batch * nk;
   float* x_norm = w.x_norm.data();
   backend_->layer_norm(x, rows_q, s.q_dim, lw.ln_query.gamma.data(), lw.ln_query.beta.data(), kLayerNormEps, x_norm);
-  const float* kv = x_norm;  // self-attention: keys and values from the normalised queries' stream
-  int kv_dim = s.q_dim;
-  if (kv_raw) {
+  AttentionArgs a;
+  if (kv_raw) {  // cross-attention: queries from LN(x), keys and values from LN(kv_raw)
     backend_->layer_norm(kv_raw, rows_kv, s.kv_dim, lw.ln_kv.gamma.data(), lw.ln_kv.beta.data(), kLayerNormEps,
                          w.kv_norm.data());
-    kv = w.kv_norm.data();
-    kv_dim = s.kv_dim;
+    const float* kv = w.kv_norm.data();
+    backend_->linear(*lw.query, x_norm, s.q_dim, rows_q, w.queries.data(), s.qk_channels, Activation::none, nullptr);
+    backend_->linear(*lw.key, kv, s.kv_dim, rows_kv, w.keys.data(), s.qk_channels, Activation::none, nullptr);
+    backend_->linear(*lw.value, kv, s.kv_dim, rows_kv, w.values.data(), s.v_channels, Activation::none, nullptr);
+    a.q = w.queries.data();
+    a.k = w.keys.data();
+    a.v = w.values.data();
+    a.ldq = a.ldk = s.qk_channels;
+    a.ldv = s.v_channels;
+  } else {  // self-attention: [Q | K | V] = LN(x) [Wq | Wk | Wv]^T in one GEMM
+    const int n = 2 * s.qk_channels + s.v_channels;
+    backend_->linear(*lw.qkv, x_norm, s.q_dim, rows_q, w.qkv.data(), n, Activation::none, nullptr);
+    a.q = w.qkv.data();
+    a.k = w.qkv.data() + s.qk_channels;
+    a.v = w.qkv.data() + 2 * s.qk_channels;
+    a.ldq = a.ldk = a.ldv = n;
   }
-  backend_->linear(*lw.query, x_norm, s.q_dim, rows_q, w.queries.data(), s.qk_channels, Activation::none, nullptr);
-  backend_->linear(*lw.key, kv, kv_dim, rows_kv, w.keys.data(), s.qk_channels, Activation::none, nullptr);
-  backend_->linear(*lw.value, kv, kv_dim, rows_kv, w.values.data(), s.v_channels, Activation::none, nullptr);
-
-  AttentionArgs a;
-  a.q = w.queries.data();
-  a.k = w.keys.data();
-  a.v = w.values.data();
   a.out = w.context.data();
   a.probs = probs;
   a.batch = batch;
@@ -475,9 +561,9 @@ void PerceiverModel::run_layer(const LayerWeights& lw, float* x, int batch, int 
   a.nk = nk;
   a.dqk = s.qk_channels / s.heads;
   a.dv = s.v_channels / s.heads;
-  a.ldq = a.ldk = s.qk_channels;
-  a.ldv = a.ldo = s.v_channels;
+  a.ldo = s.v_channels;
   a.scale = static_cast<float>(1.0 / std::sqrt(double(a.dqk)));
+  a.precision = options_.precision;
   backend_->attention(a);
 
   // Output projection; the query residual adds the un-normalised input.
@@ -548,7 +634,28 @@ void PerceiverModel::forward(const ForwardArgs& args) {
 std::unique_ptr<Model> Model::load(const std::filesystem::path& model_dir, const ModelOptions& options) {
   if (!std::filesystem::is_directory(model_dir))
     throw Error(ErrorKind::model, model_dir.string() + ": not a model directory");
-  return std::make_unique<PerceiverModel>(model_dir, options);
+  PerceiverConfig config = load_config(model_dir / "config.json");
+  std::filesystem::path weights_path = options.weights_file;
+  if (weights_path.empty()) {
+    weights_path = model_dir / "model.safetensors";
+    if (!std::filesystem::exists(weights_path)) weights_path = model_dir / "pytorch_model.bin";
+    if (!std::filesystem::exists(weights_path))
+      throw Error(ErrorKind::model, model_dir.string() + ": neither model.safetensors nor pytorch_model.bin found");
+  }
+  auto file = open_weights(weights_path);
+  // safetensors files are memory-mapped (tensor_file.h); a torch zip starts with "PK" and is read into memory.
+  char magic[2] = {};
+  std::ifstream(weights_path, std::ios::binary).read(magic, 2);
+  const bool mapped = !(magic[0] == 'P' && magic[1] == 'K');
+  WeightReader reader(*file, mapped);
+  return std::make_unique<PerceiverModel>(std::move(config), reader, options);
+  // (the file and its mapping go away here)
+}
+
+std::unique_ptr<Model> Model::create_random(const std::string& config_json, uint64_t seed,
+                                            const ModelOptions& options) {
+  WeightReader reader(seed);
+  return std::make_unique<PerceiverModel>(parse_config(config_json, "config.json"), reader, options);
 }
 
 }  // namespace perceiver

@@ -1,0 +1,85 @@
+// load_image: format sniffing as Pillow's Image.open does it, then exif_transpose.
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <system_error>
+
+#include "image/image_internal.h"
+#include "perceiver/error.h"
+
+namespace perceiver {
+
+namespace image_detail {
+
+void fail(const std::string& name, const std::string& what) {
+  throw Error(ErrorKind::bad_input, name + ": " + what);
+}
+
+void check_declared_size(int64_t width, int64_t height, const std::string& name,
+                         const DecodeOptions& options) {
+  if (width <= 0 || height <= 0)
+    fail(name, "image has no pixels (" + std::to_string(width) + "x" + std::to_string(height) + ")");
+  // Both are below 2^32 here, so the product fits.
+  if (options.max_pixels > 0 && width * height > 2 * options.max_pixels)
+    fail(name, "image size (" + std::to_string(width * height) + " pixels) exceeds limit of " +
+                   std::to_string(2 * options.max_pixels) +
+                   " pixels, could be decompression bomb DOS attack");
+}
+
+}  // namespace image_detail
+
+namespace {
+
+enum class Format { unknown, jpeg, png, webp };
+
+// The prefixes Pillow's JpegImagePlugin, PngImagePlugin and WebPImagePlugin accept.
+Format sniff(const uint8_t* data, size_t size) {
+  if (size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) return Format::jpeg;
+  if (size >= 8 && std::memcmp(data, "\x89PNG\r\n\x1a\n", 8) == 0) return Format::png;
+  if (size >= 16 && std::memcmp(data, "RIFF", 4) == 0 && std::memcmp(data + 8, "WEBP", 4) == 0 &&
+      (std::memcmp(data + 12, "VP8 ", 4) == 0 || std::memcmp(data + 12, "VP8L", 4) == 0 ||
+       std::memcmp(data + 12, "VP8X", 4) == 0))
+    return Format::webp;
+  return Format::unknown;
+}
+
+}  // namespace
+
+ImageU8 load_image_from_memory(const uint8_t* data, size_t size, const std::string& name,
+                               const DecodeOptions& options) {
+  using namespace image_detail;
+  if (size == 0) fail(name, "empty file");
+  Decoded decoded;
+  switch (sniff(data, size)) {
+    case Format::jpeg:
+      decoded = decode_jpeg(data, size, name, options);
+      break;
+    case Format::png:
+      decoded = decode_png(data, size, name, options);
+      break;
+    case Format::webp:
+      decoded = decode_webp(data, size, name, options);
+      break;
+    case Format::unknown:
+      fail(name, "cannot identify image file (not a JPEG, PNG or WebP image)");
+  }
+  return apply_orientation(std::move(decoded.image), decoded.orientation);
+}
+
+ImageU8 load_image(const std::filesystem::path& path, const DecodeOptions& options) {
+  const std::string name = path.string();
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) image_detail::fail(name, "is a directory, not an image file");
+  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(name.c_str(), "rb"), &std::fclose);
+  if (!file) image_detail::fail(name, std::string("cannot open: ") + std::strerror(errno));
+  std::vector<uint8_t> bytes;
+  uint8_t buffer[1 << 16];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof buffer, file.get())) > 0)
+    bytes.insert(bytes.end(), buffer, buffer + n);
+  if (std::ferror(file.get())) image_detail::fail(name, "read error");
+  return load_image_from_memory(bytes.data(), bytes.size(), name, options);
+}
+
+}  // namespace perceiver

@@ -1,0 +1,430 @@
+// The fast backend: oneDNN matmul for every GEMM (weights packed once at load into the layout oneDNN's brgemm
+// kernels want, primitives created once per shape and cached), fused attention in cache-sized tiles with an
+// online softmax, one-pass vectorised LayerNorm. One thread pool: oneDNN (Debian's build) threads with OpenMP,
+// and so do the loops here, with the same thread count.
+//
+// Run-time dispatch: make_fast_backend() returns nullptr unless the CPU has AVX-512 (F/BW/DQ/VL), which the
+// hand-written kernels in fast_kernels.cpp need; oneDNN picks its own ISA (avx512_core, avx512_core_bf16,
+// avx512_core_amx) at run time. Nothing here is compiled with -mavx512*.
+//
+// Scratch memory (bf16 copies of GEMM inputs, per-head Q/K/V, per-thread score tiles, oneDNN scratchpads)
+// only grows: it is sized the first time a shape is seen, so a second forward() of the same shape allocates
+// nothing here. (oneDNN itself may still make small internal allocations per primitive execution.)
+#include <dnnl.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <dnnl.hpp>
+#include <mutex>
+#include <vector>
+
+#include "kernels/fast_kernels.h"
+#include "kernels/kernels.h"
+#include "perceiver/error.h"
+
+namespace perceiver {
+namespace {
+
+using dt = dnnl::memory::data_type;
+using tag = dnnl::memory::format_tag;
+using md = dnnl::memory::desc;
+using dims = dnnl::memory::dims;
+
+// A 64-byte aligned byte buffer that only ever grows.
+class Scratch {
+ public:
+  void reserve(size_t bytes) {
+    if (bytes <= size_) return;
+    buf_.reset(static_cast<std::byte*>(::operator new[](bytes, std::align_val_t(64))));
+    size_ = bytes;
+  }
+  template <class T>
+  T* as() const {
+    return reinterpret_cast<T*>(buf_.get());
+  }
+  size_t size() const { return size_; }
+
+ private:
+  struct Free {
+    void operator()(std::byte* p) const { ::operator delete[](p, std::align_val_t(64)); }
+  };
+  std::unique_ptr<std::byte[], Free> buf_;
+  size_t size_ = 0;
+};
+
+// One oneDNN matmul primitive with per-thread memory objects, so that it runs on raw pointers with no
+// allocation on our side. Slot t is for thread t (attention tiles run concurrently; each thread has its own).
+struct Gemm {
+  dnnl::matmul prim;
+  md a, b, c, scratch_md;
+  std::vector<dnnl::memory> mem_a, mem_b, mem_c, mem_scratch;
+  dnnl::memory bias;  // optional, shared (read-only)
+
+  Gemm(const dnnl::engine& eng, const md& a_md, const md& b_md, const md* bias_md, const md& c_md,
+       const dnnl::primitive_attr& attr, int slots) {
+    dnnl::matmul::primitive_desc pd =
+        bias_md ? dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, *bias_md, c_md), attr, eng)
+                : dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md), attr, eng);
+    prim = dnnl::matmul(pd);
+    a = a_md;
+    b = pd.weights_desc();
+    c = c_md;
+    scratch_md = pd.scratchpad_desc();
+    for (int t = 0; t < slots; ++t) {
+      mem_a.emplace_back(a, eng, static_cast<void*>(nullptr));
+      mem_b.emplace_back(b, eng, static_cast<void*>(nullptr));
+      mem_c.emplace_back(c, eng, static_cast<void*>(nullptr));
+      mem_scratch.emplace_back(scratch_md, eng, static_cast<void*>(nullptr));
+    }
+  }
+  size_t scratch_bytes() const { return scratch_md.get_size(); }
+
+  void run(int slot, const dnnl::stream& s, const void* pa, const void* pb, void* pc, void* scratch) {
+    mem_a[slot].set_data_handle(const_cast<void*>(pa));
+    if (pb) mem_b[slot].set_data_handle(const_cast<void*>(pb));
+    mem_c[slot].set_data_handle(pc);
+    dnnl_exec_arg_t args[5];
+    int n = 0;
+    args[n++] = {DNNL_ARG_SRC, mem_a[slot].get()};
+    args[n++] = {DNNL_ARG_WEIGHTS, mem_b[slot].get()};
+    args[n++] = {DNNL_ARG_DST, mem_c[slot].get()};
+    if (bias) args[n++] = {DNNL_ARG_BIAS, bias.get()};
+    if (scratch_bytes()) {
+      mem_scratch[slot].set_data_handle(scratch);
+      args[n++] = {DNNL_ARG_SCRATCHPAD, mem_scratch[slot].get()};
+    }
+    const dnnl_status_t st = dnnl_primitive_execute(prim.get(), s.get(), n, args);
+    if (st != dnnl_success) throw Error(ErrorKind::internal, "oneDNN matmul failed: status " + std::to_string(int(st)));
+  }
+};
+
+dt dtype_of(Precision p) { return p == Precision::bf16 ? dt::bf16 : dt::f32; }
+
+// Weights packed for the brgemm kernels; primitives cached per (rows, strides, epilogue).
+class FastLinear : public PackedLinear {
+ public:
+  Precision precision = Precision::fp32;
+  md packed_md;
+  dnnl::memory weights, bias;  // own their buffers
+
+  struct Entry {
+    int rows;
+    long ldx, ldy;
+    Activation act;
+    bool sum;
+    std::unique_ptr<Gemm> gemm;
+  };
+  std::vector<Entry> cache;
+};
+
+// Per-shape plan of the fused attention: tile sizes and the QK^T / PV primitives for full and tail tiles.
+struct AttentionPlan {
+  int nq, nk, dqk, dv;
+  Precision precision;
+  bool probs;
+  int tq, kc;  // query rows per tile, keys per chunk
+  struct Tile {
+    int rows, keys;
+    std::unique_ptr<Gemm> qk, pv;
+  };
+  std::vector<Tile> tiles;
+  size_t scratch_bytes = 0;  // max oneDNN scratchpad over the tiles
+
+  Tile& tile(int rows, int keys) {
+    for (auto& t : tiles)
+      if (t.rows == rows && t.keys == keys) return t;
+    throw Error(ErrorKind::internal, "attention plan has no tile " + std::to_string(rows) + "x" + std::to_string(keys));
+  }
+};
+
+class FastBackend final : public Backend {
+ public:
+  explicit FastBackend(int threads)
+      : threads_(threads > 0 ? threads : omp_get_num_procs()), engine_(dnnl::engine::kind::cpu, 0) {
+    for (int t = 0; t < threads_; ++t) streams_.emplace_back(engine_);
+    thread_scratch_.resize(threads_);
+  }
+
+  std::string name() const override { return "fast"; }
+
+  std::unique_ptr<PackedLinear> pack_linear(const float* weight, const float* bias, int out_features,
+                                            int in_features, Precision precision) override {
+    ThreadCount tc(threads_);
+    auto w = std::make_unique<FastLinear>();
+    w->in_features = in_features;
+    w->out_features = out_features;
+    w->precision = precision;
+    const dt wdt = dtype_of(precision);
+    // Ask brgemm which weight layout it wants for a typical row count; the layout depends on K, N and the
+    // data type only (checked for M = 1 .. 12544), and later primitives are created for exactly this layout.
+    const int rows_hint = 512;
+    md a({rows_hint, in_features}, wdt, tag::ab);
+    md b({in_features, out_features}, wdt, tag::any);
+    md c({rows_hint, out_features}, dt::f32, tag::ab);
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, engine_);
+    w->packed_md = pd.weights_desc();
+    w->weights = dnnl::memory(w->packed_md, engine_);
+    // PyTorch's [N, K] row-major weight is the K x N matrix W^T with strides (1, K): format "ba".
+    dnnl::memory src(md({in_features, out_features}, dt::f32, tag::ba), engine_, const_cast<float*>(weight));
+    dnnl::reorder(src, w->weights).execute(streams_[0], src, w->weights);
+    if (bias) {
+      w->bias = dnnl::memory(md({1, out_features}, dt::f32, tag::ab), engine_);
+      std::memcpy(w->bias.get_data_handle(), bias, sizeof(float) * out_features);
+    }
+    streams_[0].wait();
+    return w;
+  }
+
+  void linear(const PackedLinear& packed, const float* x, long ldx, int rows, float* y, long ldy, Activation act,
+              const float* residual) override {
+    if (rows <= 0) return;
+    ThreadCount tc(threads_);
+    auto& w = const_cast<FastLinear&>(static_cast<const FastLinear&>(packed));
+    const int K = w.in_features, N = w.out_features;
+    if (residual && residual != y) {  // y = ... + residual: copy it into y, then a sum post-op
+#pragma omp parallel for num_threads(threads_) schedule(static)
+      for (int m = 0; m < rows; ++m) std::memcpy(y + m * ldy, residual + m * ldy, sizeof(float) * N);
+    }
+    const void* src = x;
+    long lda = ldx;
+    if (w.precision == Precision::bf16) {  // GEMM input as bf16, dense
+      bf16_input_.reserve(sizeof(uint16_t) * size_t(rows) * K);
+      uint16_t* xb = bf16_input_.as<uint16_t>();
+#pragma omp parallel for num_threads(threads_) schedule(static)
+      for (int m = 0; m < rows; ++m) fast::to_bf16(x + m * ldx, K, xb + size_t(m) * K);
+      src = xb;
+      lda = K;
+    }
+    Gemm& g = linear_gemm(w, rows, lda, ldy, act, residual != nullptr);
+    g.run(0, streams_[0], src, nullptr, y, gemm_scratch_.as<void>());
+  }
+
+  void layer_norm(const float* x, int rows, int cols, const float* gamma, const float* beta, float eps,
+                  float* y) override {
+#pragma omp parallel for num_threads(threads_) schedule(static)
+    for (int m = 0; m < rows; ++m)
+      fast::layer_norm_row(x + size_t(m) * cols, cols, gamma, beta, eps, y + size_t(m) * cols);
+  }
+
+  void attention(const AttentionArgs& a) override;
+
+ private:
+  // oneDNN reads the OpenMP thread count of the calling thread; keep it at ours while we call it.
+  struct ThreadCount {
+    explicit ThreadCount(int n) {
+      if (omp_get_max_threads() != n) omp_set_num_threads(n);
+    }
+  };
+
+  Gemm& linear_gemm(FastLinear& w, int rows, long lda, long ldy, Activation act, bool sum) {
+    for (auto& e : w.cache)
+      if (e.rows == rows && e.ldx == lda && e.ldy == ldy && e.act == act && e.sum == sum) return *e.gemm;
+    const dt adt = dtype_of(w.precision);
+    md a({rows, w.in_features}, adt, dims{lda, 1});
+    md c({rows, w.out_features}, dt::f32, dims{ldy, 1});
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    dnnl::post_ops po;
+    if (act == Activation::gelu) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+    if (sum) po.append_sum(1.0f);
+    attr.set_post_ops(po);
+    md bias_md = w.bias ? w.bias.get_desc() : md();
+    auto g = std::make_unique<Gemm>(engine_, a, w.packed_md, w.bias ? &bias_md : nullptr, c, attr, 1);
+    g->mem_b[0] = w.weights;
+    g->bias = w.bias;
+    gemm_scratch_.reserve(g->scratch_bytes());
+    w.cache.push_back({rows, lda, ldy, act, sum, std::move(g)});
+    return *w.cache.back().gemm;
+  }
+
+  AttentionPlan& attention_plan(const AttentionArgs& a);
+
+  int threads_;
+  dnnl::engine engine_;
+  std::vector<dnnl::stream> streams_;  // one per thread
+  Scratch gemm_scratch_, bf16_input_;
+  Scratch heads_;                      // per-head dense Q, K, V (fp32 or bf16)
+  std::vector<Scratch> thread_scratch_;  // per thread: scores, bf16 probabilities, output tile, oneDNN scratchpad
+  std::vector<std::unique_ptr<AttentionPlan>> plans_;
+};
+
+AttentionPlan& FastBackend::attention_plan(const AttentionArgs& a) {
+  const bool probs = a.probs != nullptr;
+  for (auto& p : plans_)
+    if (p->nq == a.nq && p->nk == a.nk && p->dqk == a.dqk && p->dv == a.dv && p->precision == a.precision &&
+        p->probs == probs)
+      return *p;
+  auto plan = std::make_unique<AttentionPlan>();
+  AttentionPlan& p = *plan;
+  p.nq = a.nq;
+  p.nk = a.nk;
+  p.dqk = a.dqk;
+  p.dv = a.dv;
+  p.precision = a.precision;
+  p.probs = probs;
+  // A tile of scores (tq x kc fp32) stays within about 512 KB, well inside L2. With probabilities requested the
+  // whole key range is one chunk, written straight into the caller's probs rows.
+  p.tq = std::min(a.nq, 64);
+  const int max_keys = std::max(256, (512 << 10) / int(sizeof(float)) / p.tq);
+  if (probs || a.nk <= max_keys) {
+    p.kc = a.nk;
+  } else {
+    const int chunks = (a.nk + max_keys - 1) / max_keys;
+    p.kc = (a.nk + chunks - 1) / chunks;
+  }
+  const dt in = dtype_of(a.precision);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  // The tile GEMMs run one per thread inside our parallel region: create them single-threaded.
+  omp_set_num_threads(1);
+  std::vector<int> row_sizes{p.tq}, key_sizes{p.kc};
+  if (a.nq % p.tq) row_sizes.push_back(a.nq % p.tq);
+  if (a.nk % p.kc) key_sizes.push_back(a.nk % p.kc);
+  try {
+    for (int rows : row_sizes)
+      for (int keys : key_sizes) {
+        AttentionPlan::Tile t{rows, keys, nullptr, nullptr};
+        // S[rows, keys] = Q[rows, dqk] K[keys, dqk]^T, all dense.
+        t.qk = std::make_unique<Gemm>(engine_, md({rows, a.dqk}, in, tag::ab), md({a.dqk, keys}, in, tag::ba),
+                                      nullptr, md({rows, keys}, dt::f32, tag::ab), attr, threads_);
+        // O[rows, dv] = P[rows, keys] V[keys, dv]
+        t.pv = std::make_unique<Gemm>(engine_, md({rows, keys}, in, tag::ab), md({keys, a.dv}, in, tag::ab),
+                                      nullptr, md({rows, a.dv}, dt::f32, tag::ab), attr, threads_);
+        p.scratch_bytes = std::max({p.scratch_bytes, t.qk->scratch_bytes(), t.pv->scratch_bytes()});
+        p.tiles.push_back(std::move(t));
+      }
+  } catch (...) {
+    omp_set_num_threads(threads_);
+    throw;
+  }
+  omp_set_num_threads(threads_);
+  plans_.push_back(std::move(plan));
+  return p;
+}
+
+size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
+
+void FastBackend::attention(const AttentionArgs& a) {
+  if (a.batch <= 0 || a.heads <= 0 || a.nq <= 0) return;
+  ThreadCount tc(threads_);
+  AttentionPlan& plan = attention_plan(a);
+  const bool bf16 = a.precision == Precision::bf16;
+  const size_t esize = bf16 ? 2 : 4;
+  const int B = a.batch, H = a.heads, nq = a.nq, nk = a.nk, dqk = a.dqk, dv = a.dv;
+
+  // Phase 1: per-head dense copies [B, H, n, d] (bf16 conversions in bf16 mode). fp32 tensors that already
+  // are dense (one head, row stride = width) are used in place.
+  auto dense = [&](long ld, int d) { return !bf16 && H == 1 && ld == d; };
+  const bool copy_q = !dense(a.ldq, dqk), copy_k = !dense(a.ldk, dqk), copy_v = !dense(a.ldv, dv);
+  const size_t q_elems = copy_q ? size_t(B) * H * nq * dqk : 0, k_elems = copy_k ? size_t(B) * H * nk * dqk : 0,
+               v_elems = copy_v ? size_t(B) * H * nk * dv : 0;
+  const size_t q_off = 0, k_off = round_up64(q_elems * esize), v_off = k_off + round_up64(k_elems * esize);
+  heads_.reserve(v_off + v_elems * esize + 64);
+  std::byte* hb = heads_.as<std::byte>();
+  const void* qd = copy_q ? static_cast<const void*>(hb + q_off) : a.q;
+  const void* kd = copy_k ? static_cast<const void*>(hb + k_off) : a.k;
+  const void* vd = copy_v ? static_cast<const void*>(hb + v_off) : a.v;
+
+  // Per-thread scratch: scores [tq, kc] fp32, bf16 probabilities [tq, kc], output tile [tq, dv], scratchpad.
+  const size_t s_bytes = round_up64(sizeof(float) * plan.tq * plan.kc);
+  const size_t p_bytes = bf16 ? round_up64(sizeof(uint16_t) * plan.tq * plan.kc) : 0;
+  const size_t o_bytes = round_up64(sizeof(float) * plan.tq * dv);
+  for (auto& s : thread_scratch_) s.reserve(s_bytes + p_bytes + o_bytes + plan.scratch_bytes);
+
+  const int q_tiles = (nq + plan.tq - 1) / plan.tq;
+  const int k_chunks = (nk + plan.kc - 1) / plan.kc;
+  const long tasks = long(B) * H * q_tiles;
+
+#pragma omp parallel num_threads(threads_)
+  {
+    auto gather = [&](const float* src, long ld, int n, int d, void* dst) {
+#pragma omp for schedule(static)
+      for (long r = 0; r < long(B) * n; ++r) {
+        const long b = r / n, i = r % n;
+        for (int h = 0; h < H; ++h) {
+          const float* s = src + r * ld + long(h) * d;
+          const size_t o = ((size_t(b) * H + h) * n + i) * d;
+          if (bf16)
+            fast::to_bf16(s, d, static_cast<uint16_t*>(dst) + o);
+          else
+            std::memcpy(static_cast<float*>(dst) + o, s, sizeof(float) * d);
+        }
+      }
+    };
+    if (copy_q) gather(a.q, a.ldq, nq, dqk, hb + q_off);
+    if (copy_k) gather(a.k, a.ldk, nk, dqk, hb + k_off);
+    if (copy_v) gather(a.v, a.ldv, nk, dv, hb + v_off);
+    // (each omp for ends with a barrier, so phase 2 sees complete copies)
+
+    const int tid = omp_get_thread_num();
+    std::byte* ts = thread_scratch_[tid].as<std::byte>();
+    float* s_tile = reinterpret_cast<float*>(ts);
+    uint16_t* p_tile = reinterpret_cast<uint16_t*>(ts + s_bytes);
+    float* o_tile = reinterpret_cast<float*>(ts + s_bytes + p_bytes);
+    void* dnnl_scratch = ts + s_bytes + p_bytes + o_bytes;
+    float row_max[64], row_sum[64];
+
+#pragma omp for schedule(dynamic, 1)
+    for (long task = 0; task < tasks; ++task) {
+      const int b = int(task / (long(H) * q_tiles)), h = int(task / q_tiles % H), t = int(task % q_tiles);
+      const int i0 = t * plan.tq, rows = std::min(plan.tq, nq - i0);
+      const size_t bh = size_t(b) * H + h;
+      // Dense operands of this (batch, head): either our copies or the caller's single-head tensors.
+      const std::byte* q_ptr = static_cast<const std::byte*>(qd) + ((bh * nq + i0) * dqk) * esize;
+      const std::byte* k_head = static_cast<const std::byte*>(kd) + (bh * nk * dqk) * esize;
+      const std::byte* v_head = static_cast<const std::byte*>(vd) + (bh * nk * dv) * esize;
+      for (int c = 0; c < k_chunks; ++c) {
+        const int j0 = c * plan.kc, keys = std::min(plan.kc, nk - j0);
+        AttentionPlan::Tile& tile = plan.tile(rows, keys);
+        float* s = a.probs ? a.probs + (bh * nq + i0) * size_t(nk) : s_tile;  // [rows, keys] dense
+        tile.qk->run(tid, streams_[tid], q_ptr, k_head + size_t(j0) * dqk * esize, s, dnnl_scratch);
+        // Online softmax: exp(s * scale - running max), rescale what was accumulated so far.
+        float alpha[64];
+        for (int i = 0; i < rows; ++i) {
+          float* si = s + size_t(i) * keys;
+          const float m_new = c == 0 ? fast::row_max_scaled(si, keys, a.scale)
+                                     : std::max(row_max[i], fast::row_max_scaled(si, keys, a.scale));
+          const float sum = fast::exp_scaled_shifted_sum(si, keys, a.scale, m_new);
+          if (c == 0) {
+            row_sum[i] = sum;
+          } else {
+            alpha[i] = std::exp(row_max[i] - m_new);
+            row_sum[i] = row_sum[i] * alpha[i] + sum;
+          }
+          row_max[i] = m_new;
+        }
+        const void* p_in = s;
+        if (bf16) {
+          fast::to_bf16(s, long(rows) * keys, p_tile);
+          p_in = p_tile;
+        }
+        tile.pv->run(tid, streams_[tid], p_in, v_head + size_t(j0) * dv * esize, o_tile, dnnl_scratch);
+        const bool last = c == k_chunks - 1;
+        for (int i = 0; i < rows; ++i) {
+          float* out = a.out + (size_t(b) * nq + i0 + i) * a.ldo + size_t(h) * dv;
+          const float* o = o_tile + size_t(i) * dv;
+          if (c == 0)
+            fast::scale_copy(o, dv, last ? 1.0f / row_sum[i] : 1.0f, out);
+          else
+            fast::scale_add(o, dv, alpha[i], out);
+          if (last && c > 0) fast::scale_inplace(out, dv, 1.0f / row_sum[i]);
+        }
+        if (a.probs)  // single chunk: normalise the probabilities in place
+          for (int i = 0; i < rows; ++i) fast::scale_inplace(s + size_t(i) * keys, keys, 1.0f / row_sum[i]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_fast_backend(int threads) {
+  if (!fast::cpu_has_avx512()) return nullptr;
+  return std::make_unique<FastBackend>(threads);
+}
+
+}  // namespace perceiver

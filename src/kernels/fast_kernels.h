@@ -1,0 +1,32 @@
+// Vector kernels of the fast backend, hand-written for AVX-512 (F, BW, DQ, VL). The build does not assume
+// AVX-512: each function is compiled for it with __attribute__((target)), and the fast backend only calls them
+// after cpu_has_avx512() said yes at run time. Tails (n not a multiple of 16) use masked loads and stores.
+#pragma once
+
+#include <cstdint>
+
+namespace perceiver::fast {
+
+bool cpu_has_avx512();       // avx512f + avx512bw + avx512dq + avx512vl
+bool cpu_has_avx512_bf16();  // vcvtneps2bf16
+
+// Everything below requires cpu_has_avx512().
+
+// y = (x - mean) / sqrt(var + eps) * gamma + beta over one row of n values (biased variance). y may alias x.
+void layer_norm_row(const float* x, int n, const float* gamma, const float* beta, float eps, float* y);
+
+// max_j x[j] * scale
+float row_max_scaled(const float* x, int n, float scale);
+// x[j] = exp(x[j] * scale - shift) in place; returns the sum of the new values.
+float exp_scaled_shifted_sum(float* x, int n, float scale, float shift);
+// y = x * a
+void scale_copy(const float* x, int n, float a, float* y);
+// y = y * a + x
+void scale_add(const float* x, int n, float a, float* y);
+// y = y * a
+void scale_inplace(float* y, int n, float a);
+
+// fp32 -> bf16 bits, round to nearest even (as numerics.h's float_to_bf16_bits; NaN stays NaN).
+void to_bf16(const float* x, long n, uint16_t* y);
+
+}  // namespace perceiver::fast

@@ -1,0 +1,75 @@
+// Real data: all 10,000 Fashion-MNIST test images (Debian's dataset-fashion-mnist) through the image path
+// (gray 28x28 -> RGB -> preprocessor_config.json) and the trained model, against HF's logits and predictions.
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "formats/npy.h"
+#include "image/idx_dataset.h"
+#include "image/preprocess.h"
+#include "perceiver/perceiver.h"
+#include "test_util.h"
+
+namespace perceiver {
+namespace {
+
+const std::filesystem::path kDataset = "/usr/share/datasets/fashion-mnist";
+
+TEST(FashionMnist, AllTestImagesMatchHuggingFace) {
+  ASSERT_TRUE(std::filesystem::exists(kDataset / "t10k-images-idx3-ubyte.gz"))
+      << "install Debian's dataset-fashion-mnist (scripts/install-deps.sh does)";
+  const auto model_dir = test::shared_dir() / "models" / "fashion-mnist-conv";
+  const auto expected = model_dir / "expected";
+  nlohmann::json manifest = nlohmann::json::parse(std::ifstream(expected / "manifest.json"));
+
+  IdxImages images = read_idx_images(kDataset / "t10k-images-idx3-ubyte.gz");
+  std::vector<uint8_t> labels = read_idx_labels(kDataset / "t10k-labels-idx1-ubyte.gz");
+  ASSERT_EQ(images.count, 10000);
+  ASSERT_EQ(labels.size(), 10000u);
+
+  PreprocessorConfig prep = load_preprocessor_config(model_dir / "preprocessor_config.json");
+  auto model = Model::load(model_dir);
+  const int num_labels = model->info().num_labels;
+  ASSERT_EQ(num_labels, 10);
+
+  const int batch = 500;
+  std::vector<float> logits(size_t(images.count) * num_labels), pixels;
+  int H = 0, W = 0;
+  for (int64_t start = 0; start < images.count; start += batch) {
+    const int n = static_cast<int>(std::min<int64_t>(batch, images.count - start));
+    for (int i = 0; i < n; ++i) {
+      ImageU8 rgb = idx_image_rgb(images, start + i);
+      preprocessed_size(prep, rgb, &H, &W);
+      pixels.resize(size_t(n) * 3 * H * W);
+      preprocess(rgb, prep, &pixels[size_t(i) * 3 * H * W]);
+    }
+    model->classify(pixels.data(), n, H, W, &logits[size_t(start) * num_labels]);
+  }
+  EXPECT_EQ(H, 56);
+
+  NpyArray want_logits = read_npy(expected / "test_logits.npy");
+  std::vector<int64_t> want_pred = read_npy(expected / "test_predictions.npy").to_i64();
+  ASSERT_EQ(want_pred.size(), 10000u);
+  EXPECT_TRUE(test::AllCloseScaled(logits, want_logits.to_f32(), 1e-4));
+
+  int correct = 0, identical = 0, flips_outside_near_ties = 0;
+  const auto& near_ties = manifest["near_tie_test_indices_margin_below_1e-2"];
+  for (int i = 0; i < 10000; ++i) {
+    const float* row = &logits[size_t(i) * num_labels];
+    int pred = static_cast<int>(std::max_element(row, row + num_labels) - row);
+    correct += pred == labels[i];
+    if (pred == want_pred[i])
+      ++identical;
+    else if (!near_ties.contains(std::to_string(i)))
+      ++flips_outside_near_ties;
+  }
+  const double accuracy = correct / 10000.0;
+  const double want_accuracy = manifest["test_accuracy"];
+  std::printf("accuracy %.4f (HF %.4f), predictions identical to HF: %d / 10000\n", accuracy, want_accuracy,
+              identical);
+  EXPECT_GE(identical, 9990);  // >= 99.9 %
+  EXPECT_EQ(flips_outside_near_ties, 0);
+  EXPECT_GE(accuracy, want_accuracy - (10000 - identical) / 10000.0);
+}
+
+}  // namespace
+}  // namespace perceiver

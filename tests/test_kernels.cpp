@@ -1,0 +1,205 @@
+// The fast backend against the reference backend, op by op, on odd shapes (tails of every vector loop, row
+// strides, tile and chunk edges). fp32: both compute the same function, so the tolerance is a few float
+// roundings of the accumulated sums (2e-5 of max(1, max|want|)). bf16: both round the GEMM inputs to bf16 the
+// same way and accumulate in fp32 (fast) / double (reference), so they agree closely too (1e-4); the attention
+// additionally rounds unnormalised probabilities whose scaling differs when the keys come in several chunks
+// (2e-3). When the CPU cannot run the fast backend these tests are skipped.
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "kernels/numerics.h"
+#include "test_util.h"
+
+namespace perceiver {
+namespace {
+
+constexpr double kFp32Tolerance = 2e-5;
+constexpr double kBf16Tolerance = 1e-4;
+constexpr double kBf16AttentionTolerance = 2e-3;
+
+std::vector<float> random_vector(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::vector<float> v(n);
+  uint32_t s = seed * 2654435761u + 1;
+  for (auto& x : v) {
+    s ^= s << 13;
+    s ^= s >> 17;
+    s ^= s << 5;
+    x = lo + (hi - lo) * static_cast<float>(s >> 8) * (1.0f / 16777216.0f);
+  }
+  return v;
+}
+
+class KernelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    fast_ = make_best_backend(2);
+    if (fast_->name() == "reference") GTEST_SKIP() << "no fast backend on this build or CPU";
+    ref_ = make_reference_backend(2);
+  }
+  std::unique_ptr<Backend> fast_, ref_;
+};
+
+struct LinearCase {
+  int rows, in, out;
+  bool bias;
+  Activation act;
+  int residual;  // 0 none, 1 in place (y aliases residual), 2 separate buffer
+  long pad;      // extra elements per row of x and y (row strides ldx = in + pad, ldy = out + pad)
+};
+
+void run_linear(Backend& backend, const LinearCase& c, Precision precision, std::vector<float>* y_out) {
+  const long ldx = c.in + c.pad, ldy = c.out + c.pad;
+  auto w = random_vector(size_t(c.out) * c.in, 1, -0.2f, 0.2f);
+  auto b = random_vector(c.out, 2);
+  auto x = random_vector(size_t(c.rows) * ldx, 3, -2.0f, 2.0f);
+  auto r = random_vector(size_t(c.rows) * ldy, 4);
+  auto packed = backend.pack_linear(w.data(), c.bias ? b.data() : nullptr, c.out, c.in, precision);
+  std::vector<float> y(size_t(c.rows) * ldy, 0.0f);
+  const float* residual = nullptr;
+  if (c.residual == 1) {
+    y = r;
+    residual = y.data();
+  } else if (c.residual == 2) {
+    residual = r.data();
+  }
+  // Twice: the second call runs the cached primitive.
+  for (int rep = 0; rep < (backend.name() == "reference" ? 1 : 2); ++rep) {
+    if (c.residual == 1) y = r;
+    backend.linear(*packed, x.data(), ldx, c.rows, y.data(), ldy, c.act, residual);
+  }
+  // Only the written columns.
+  y_out->clear();
+  for (int m = 0; m < c.rows; ++m)
+    for (int n = 0; n < c.out; ++n) y_out->push_back(y[size_t(m) * ldy + n]);
+}
+
+TEST_F(KernelTest, LinearMatchesReferenceOnOddShapes) {
+  const LinearCase cases[] = {
+      {1, 3, 5, true, Activation::none, 0, 0},       {7, 147, 64, false, Activation::none, 0, 0},
+      {33, 322, 1000, true, Activation::gelu, 0, 0}, {130, 257, 300, true, Activation::none, 1, 0},
+      {65, 100, 77, true, Activation::gelu, 2, 0},   {19, 64, 48, true, Activation::none, 1, 5},
+      {512, 128, 384, true, Activation::none, 0, 3}, {3, 1024, 1024, true, Activation::gelu, 1, 0},
+  };
+  for (const auto& c : cases)
+    for (Precision p : {Precision::fp32, Precision::bf16}) {
+      SCOPED_TRACE(::testing::Message() << c.rows << "x" << c.in << "->" << c.out << " act " << int(c.act)
+                                        << " residual " << c.residual << " pad " << c.pad << " "
+                                        << precision_name(p));
+      std::vector<float> got, want;
+      run_linear(*fast_, c, p, &got);
+      run_linear(*ref_, c, p, &want);
+      EXPECT_TRUE(test::AllCloseScaled(got, want, p == Precision::fp32 ? kFp32Tolerance : kBf16Tolerance));
+    }
+}
+
+TEST_F(KernelTest, Bf16LinearStaysCloseToFp32) {
+  // bf16 inputs carry 8 significant bits: a K = 1024 dot product of O(1) values is off by about 2^-9 of the
+  // typical magnitude; 1e-2 of max(1, max|want|) is a loose sanity bound.
+  const LinearCase c{64, 1024, 256, true, Activation::none, 0, 0};
+  std::vector<float> got, want;
+  run_linear(*fast_, c, Precision::bf16, &got);
+  run_linear(*ref_, c, Precision::fp32, &want);
+  EXPECT_TRUE(test::AllCloseScaled(got, want, 1e-2));
+}
+
+TEST_F(KernelTest, LayerNormMatchesReference) {
+  for (int cols : {1, 5, 16, 17, 33, 261, 322, 1024})
+    for (int rows : {1, 3, 64}) {
+      SCOPED_TRACE(::testing::Message() << rows << "x" << cols);
+      // An offset mean: the variance must be computed about the mean, not as E[x^2] - E[x]^2.
+      auto x = random_vector(size_t(rows) * cols, cols + rows, 99.0f, 101.0f);
+      auto g = random_vector(cols, 7, 0.5f, 1.5f), b = random_vector(cols, 8);
+      std::vector<float> got(x.size()), want(x.size());
+      fast_->layer_norm(x.data(), rows, cols, g.data(), b.data(), 1e-5f, got.data());
+      ref_->layer_norm(x.data(), rows, cols, g.data(), b.data(), 1e-5f, want.data());
+      EXPECT_TRUE(test::AllCloseScaled(got, want, 1e-4));
+      std::vector<float> inplace = x;  // y may alias x
+      fast_->layer_norm(inplace.data(), rows, cols, g.data(), b.data(), 1e-5f, inplace.data());
+      EXPECT_EQ(inplace, got);
+    }
+}
+
+struct AttentionCase {
+  int batch, heads, nq, nk, dqk, dv;
+  int layout;  // 0: q, k, v separate with padded rows; 1: fused [q | k | v] rows (as the self-attention uses)
+  float range;  // q and k values in [-range, range]
+};
+
+// Runs attention on a given backend; returns the output (and the probabilities when want_probs).
+void run_attention(Backend& backend, const AttentionCase& c, Precision precision, bool want_probs,
+                   std::vector<float>* out, std::vector<float>* probs) {
+  AttentionArgs a;
+  a.batch = c.batch;
+  a.heads = c.heads;
+  a.nq = c.nq;
+  a.nk = c.nk;
+  a.dqk = c.dqk;
+  a.dv = c.dv;
+  a.scale = 1.0f / std::sqrt(float(c.dqk));
+  a.precision = precision;
+  const long wq = long(c.heads) * c.dqk, wv = long(c.heads) * c.dv;
+  std::vector<float> q, k, v;
+  if (c.layout == 0) {
+    a.ldq = wq + 3;
+    a.ldk = wq + 1;
+    a.ldv = wv + 2;
+    q = random_vector(size_t(c.batch) * c.nq * a.ldq, 11, -c.range, c.range);
+    k = random_vector(size_t(c.batch) * c.nk * a.ldk, 12, -c.range, c.range);
+    v = random_vector(size_t(c.batch) * c.nk * a.ldv, 13);
+    a.q = q.data();
+    a.k = k.data();
+    a.v = v.data();
+  } else {  // nq == nk: one [rows, 2 wq + wv] buffer
+    a.ldq = a.ldk = a.ldv = 2 * wq + wv;
+    q = random_vector(size_t(c.batch) * c.nq * a.ldq, 14, -c.range, c.range);
+    a.q = q.data();
+    a.k = q.data() + wq;
+    a.v = q.data() + 2 * wq;
+  }
+  a.ldo = wv + 4;
+  std::vector<float> o(size_t(c.batch) * c.nq * a.ldo, -7.0f);
+  a.out = o.data();
+  if (want_probs) {
+    probs->assign(size_t(c.batch) * c.heads * c.nq * c.nk, 0.0f);
+    a.probs = probs->data();
+  }
+  backend.attention(a);
+  if (backend.name() != "reference") backend.attention(a);  // again, with the cached plan
+  out->clear();
+  for (long r = 0; r < long(c.batch) * c.nq; ++r)
+    for (long d = 0; d < wv; ++d) out->push_back(o[r * a.ldo + d]);
+  for (long r = 0; r < long(c.batch) * c.nq; ++r)  // padding untouched
+    for (long d = wv; d < a.ldo; ++d) ASSERT_EQ(o[r * a.ldo + d], -7.0f);
+}
+
+TEST_F(KernelTest, AttentionMatchesReference) {
+  const AttentionCase cases[] = {
+      {2, 1, 70, 3025, 40, 24, 0, 1.0f},   // cross-attention-like: 3025 keys in chunks, tail tiles
+      {1, 1, 512, 3025, 322, 322, 0, 0.5f},  // the conv model's encoder cross-attention
+      {1, 8, 512, 512, 128, 128, 1, 0.5f},   // the self-attention
+      {3, 1, 1, 512, 1024, 1024, 0, 0.1f},   // the decoder
+      {1, 3, 17, 17, 5, 7, 1, 1.0f},         // tiny, odd widths
+      {1, 2, 65, 4099, 16, 16, 0, 4.0f},     // large scores: the running max changes between chunks
+  };
+  for (const auto& c : cases)
+    for (Precision p : {Precision::fp32, Precision::bf16})
+      for (bool probs : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << c.batch << "x" << c.heads << " heads, nq " << c.nq << ", nk " << c.nk
+                                          << ", d " << c.dqk << "/" << c.dv << " " << precision_name(p)
+                                          << (probs ? " with probs" : ""));
+        std::vector<float> got, want, got_p, want_p;
+        run_attention(*fast_, c, p, probs, &got, &got_p);
+        run_attention(*ref_, c, p, probs, &want, &want_p);
+        EXPECT_TRUE(test::AllCloseScaled(got, want, p == Precision::fp32 ? kFp32Tolerance : kBf16AttentionTolerance));
+        if (probs) {
+          EXPECT_TRUE(test::AllCloseScaled(got_p, want_p, kFp32Tolerance));
+        }
+      }
+}
+
+}  // namespace
+}  // namespace perceiver
