@@ -104,7 +104,7 @@ void run_classify(const ClassifyArgs& args) {
   if (!args.pixels.empty()) {
     const int B = static_cast<int>(pixel_array.shape[0]), H = static_cast<int>(pixel_array.shape[2]),
               W = static_cast<int>(pixel_array.shape[3]);
-    model->check_input_size(H, W);
+    naming_file(args.pixels, [&] { model->check_input_size(H, W); });
     std::vector<float> pixels = pixel_array.to_f32();
     all_logits.resize(size_t(B) * num_labels);
     model->classify(pixels.data(), B, H, W, all_logits.data());
@@ -124,17 +124,18 @@ void run_classify(const ClassifyArgs& args) {
     int H = 0, W = 0, count = 0;
     batch_pixels.clear();
     while (next < files.size() && count < batch_size) {
+      const std::string name = files[next].string();
       ImageU8 image = load_image(files[next], decode);
       int h, w;
-      preprocessed_size(prep, image, &h, &w);
+      naming_file(name, [&] { preprocessed_size(prep, image, &h, &w); });
       if (count > 0 && (h != H || w != W)) break;  // different size: starts the next batch
       if (count == 0) {
         H = h;
         W = w;
-        model->check_input_size(H, W);
+        naming_file(name, [&] { model->check_input_size(H, W); });
       }
       batch_pixels.resize(size_t(count + 1) * 3 * H * W);
-      preprocess(image, prep, &batch_pixels[size_t(count) * 3 * H * W]);
+      naming_file(name, [&] { preprocess(image, prep, &batch_pixels[size_t(count) * 3 * H * W]); });
       ++count;
       ++next;
     }
@@ -164,7 +165,8 @@ void register_classify(CLI::App& app) {
   cmd->add_flag("--preprocess-defaults", args->preprocess_defaults,
                 "Without preprocessor_config.json, use PerceiverImageProcessor's defaults");
   cmd->add_option("--max-image-pixels", args->max_image_pixels,
-                  "Refuse images above twice this many pixels, as Pillow does (default 89478485)");
+                  "Refuse images above twice this many pixels, as Pillow does (default 89478485; 0: no limit)")
+      ->check(CLI::NonNegativeNumber);
   cmd->callback([args]() { run_classify(*args); });
 }
 

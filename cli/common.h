@@ -34,9 +34,25 @@ std::vector<std::filesystem::path> expand_image_args(const std::vector<std::stri
 // preprocessor_config.json of the model directory; HF's class defaults when `use_defaults`; else an error.
 PreprocessorConfig model_preprocessor(const std::filesystem::path& model_dir, bool use_defaults);
 
+// Runs `body`; a perceiver::Error whose message does not already name `file` gets "<file>: " put in front,
+// so that every failure about an input names it (e.g. a model refusing the input's size).
+template <typename F>
+auto naming_file(const std::string& file, F&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    if (what.rfind(file, 0) == 0) throw;
+    throw Error(e.kind(), file + ": " + what);
+  }
+}
+
 void register_classify(CLI::App& app);
 void register_preprocess(CLI::App& app);
 void register_info(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_embed(CLI::App& app);
+void register_train_head(CLI::App& app);
+void register_eval(CLI::App& app);
 
 }  // namespace perceiver::cli

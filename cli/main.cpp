@@ -17,6 +17,9 @@ int main(int argc, char** argv) {
   perceiver::cli::register_preprocess(app);
   perceiver::cli::register_info(app);
   perceiver::cli::register_bench(app);
+  perceiver::cli::register_embed(app);
+  perceiver::cli::register_train_head(app);
+  perceiver::cli::register_eval(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -12,18 +12,21 @@ struct PreprocessArgs {
   std::string out;
   bool preprocess_defaults = false;
   std::string revision = "main";
+  int64_t max_image_pixels = DecodeOptions{}.max_pixels;
 };
 
 void run_preprocess(const PreprocessArgs& args) {
   ModelArgs model;
   model.model = args.model;
   model.revision = args.revision;
-  ImageU8 image = load_image(args.image);
+  DecodeOptions decode;
+  decode.max_pixels = args.max_image_pixels;
+  ImageU8 image = load_image(args.image, decode);
   PreprocessorConfig config = model_preprocessor(model.resolve_dir(), args.preprocess_defaults);
   int h, w;
-  preprocessed_size(config, image, &h, &w);
+  naming_file(args.image, [&] { preprocessed_size(config, image, &h, &w); });
   std::vector<float> pixels(size_t(3) * h * w);
-  preprocess(image, config, pixels.data());
+  naming_file(args.image, [&] { preprocess(image, config, pixels.data()); });
   write_npy_f32(args.out, {1, 3, h, w}, pixels.data());
 }
 
@@ -39,6 +42,9 @@ void register_preprocess(CLI::App& app) {
   cmd->add_option("--revision", args->revision, "Hub revision (default: main)");
   cmd->add_flag("--preprocess-defaults", args->preprocess_defaults,
                 "Without preprocessor_config.json, use PerceiverImageProcessor's defaults");
+  cmd->add_option("--max-image-pixels", args->max_image_pixels,
+                  "Refuse images above twice this many pixels, as Pillow does (default 89478485; 0: no limit)")
+      ->check(CLI::NonNegativeNumber);
   cmd->callback([args]() { run_preprocess(*args); });
 }
 

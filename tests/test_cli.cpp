@@ -10,7 +10,11 @@ namespace perceiver {
 namespace {
 
 std::string cli() { return test::cli_path().string(); }
-std::string quote(const std::filesystem::path& p) { return "'" + p.string() + "'"; }
+std::string quote(const std::filesystem::path& p) {
+  std::string s = "'";
+  s.append(p.string()).push_back('\'');
+  return s;
+}
 
 TEST(Cli, ClassifyPixelsReproducesHuggingFaceLogitsFromBothWeightFiles) {
   for (std::string variant : {"conv-tiny", "fourier-tiny", "learned-tiny"})

@@ -194,9 +194,7 @@ void put32(Bytes* b, uint32_t v, bool be) {
 
 // A TIFF block (no "Exif\0\0" prefix) whose IFD0 holds ImageWidth and Orientation (SHORT, or LONG).
 Bytes make_tiff(int orientation, bool big_endian, bool as_long = false) {
-  Bytes t;
-  const char* magic = big_endian ? "MM\0*" : "II*\0";
-  t.insert(t.end(), magic, magic + 4);
+  Bytes t = big_endian ? Bytes{'M', 'M', 0, '*'} : Bytes{'I', 'I', '*', 0};
   put32(&t, 8, big_endian);       // IFD0 offset
   put16(&t, 2, big_endian);       // entries
   put16(&t, 0x0100, big_endian);  // ImageWidth LONG 1 = 7

@@ -145,7 +145,7 @@ const Buffer& TorchZipFile::storage(const pickle::Value& ref) {
   if (__builtin_mul_overflow(static_cast<uint64_t>(ref.integer), elem, &expected) ||
       expected > kMaxEntryBytes)
     fail("storage '" + ref.text + "' of " + std::to_string(ref.integer) + " elements is too large");
-  Buffer bytes = read_entry(index, name, kMaxEntryBytes);
+  Buffer bytes = read_entry(index, name, expected);  // a bigger entry is refused before anything is read
   if (bytes.size != expected)
     fail("storage '" + ref.text + "' has " + std::to_string(bytes.size) + " bytes, expected " +
          std::to_string(ref.integer) + " x " + std::to_string(elem));
@@ -189,6 +189,11 @@ void TorchZipFile::add_tensor(const std::string& name, const pickle::Value& t) {
   if (last >= storage_numel)
     fail(where + " (" + layout() + ") reaches element " + std::to_string(last) + " beyond its storage of " +
          std::to_string(storage_numel) + " elements");
+  // A view with more elements than its storage repeats elements (zero or overlapping strides, as expand()
+  // makes): refused, so that a contiguous copy is never larger than the storage it is gathered from.
+  if (numel > storage_numel)
+    fail(where + " (" + layout() + ") has " + std::to_string(numel) + " elements, more than its storage of " +
+         std::to_string(storage_numel) + " (overlapping strides are not supported)");
   out.nbytes = static_cast<size_t>(numel) * elem;
 
   bool contiguous = true;  // C order; strides of size-1 dimensions do not matter

@@ -16,6 +16,8 @@ namespace perceiver::image_detail {
 
 namespace {
 
+constexpr png_alloc_size_t kMaxChunkBytes = 64u << 20;
+
 struct ReadState {
   const uint8_t* data;
   size_t size;
@@ -109,6 +111,9 @@ PngResult decode_frame(ReadState* state, ImageU8* out, std::vector<uint8_t>* pix
   } else {
     png_set_read_fn(png, state, read_data);
     png_set_user_limits(png, 0x7fffffff, 0x7fffffff);  // the size limit is Pillow's, checked by the caller
+    // Ancillary chunks (text, eXIf, iCCP) are buffered whole, at the length they declare: bounded, so that a
+    // small file cannot make libpng allocate up to 2 GiB (an oversized chunk is skipped as a benign error).
+    png_set_chunk_malloc_max(png, kMaxChunkBytes);
     // Pillow verifies the CRC of every chunk before the first IDAT, and none after.
     png_set_crc_action(png, PNG_CRC_DEFAULT, PNG_CRC_ERROR_QUIT);
     png_read_info(png, info);

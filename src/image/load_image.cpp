@@ -20,10 +20,14 @@ void check_declared_size(int64_t width, int64_t height, const std::string& name,
                          const DecodeOptions& options) {
   if (width <= 0 || height <= 0)
     fail(name, "image has no pixels (" + std::to_string(width) + "x" + std::to_string(height) + ")");
-  // Both are below 2^32 here, so the product fits.
-  if (options.max_pixels > 0 && width * height > 2 * options.max_pixels)
-    fail(name, "image size (" + std::to_string(width * height) + " pixels) exceeds limit of " +
-                   std::to_string(2 * options.max_pixels) +
+  // Declared sides are below 2^32 (u32 in PNG, WebP, u16 in JPEG), so the product fits in uint64.
+  if (width >= (int64_t(1) << 32) || height >= (int64_t(1) << 32))
+    fail(name, "image size " + std::to_string(width) + "x" + std::to_string(height) + " is not valid");
+  const uint64_t pixels = uint64_t(width) * uint64_t(height);
+  const uint64_t limit = options.max_pixels > 0 ? uint64_t(options.max_pixels) : 0;
+  if (limit && pixels > limit && pixels - limit > limit)  // pixels > 2 * limit, without overflow
+    fail(name, "image size (" + std::to_string(pixels) + " pixels) exceeds limit of " +
+                   std::to_string(2 * limit) +
                    " pixels, could be decompression bomb DOS attack");
 }
 

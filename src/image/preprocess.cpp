@@ -11,6 +11,7 @@
 
 #include "image/image_internal.h"
 #include "perceiver/error.h"
+#include "util/json_limits.h"
 
 namespace perceiver {
 
@@ -141,12 +142,9 @@ CropBox crop_box(const PreprocessorConfig& config, int image_height, int image_w
 }  // namespace
 
 PreprocessorConfig parse_preprocessor_config(const std::string& json_text, const std::string& name) {
-  json j;
-  try {
-    j = json::parse(json_text);
-  } catch (const json::exception& e) {
-    config_error(name, std::string("not valid JSON: ") + e.what());
-  }
+  std::string parse_error;
+  json j = parse_json_bounded(json_text, name, ErrorKind::model, &parse_error);  // nesting bounded: dump() recurses
+  if (j.is_discarded()) config_error(name, "not valid JSON: " + parse_error);
   if (!j.is_object()) config_error(name, "expected a JSON object, got " + std::string(j.type_name()));
   PreprocessorConfig c;
   c.do_center_crop = read_flag(j, "do_center_crop", c.do_center_crop, name);
@@ -172,6 +170,10 @@ PreprocessorConfig parse_preprocessor_config(const std::string& json_text, const
 }
 
 PreprocessorConfig load_preprocessor_config(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) config_error(path.string(), "not a regular file");
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec || size > (1u << 20)) config_error(path.string(), "cannot read, or larger than 1 MiB");
   std::ifstream in(path, std::ios::binary);
   if (!in) config_error(path.string(), "cannot open");
   std::ostringstream text;

@@ -1,10 +1,16 @@
 #include "model/config.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "formats/tensor_file.h"
 #include "perceiver/error.h"
+#include "util/json_limits.h"
 
 namespace perceiver {
 namespace {
@@ -67,10 +73,11 @@ std::vector<std::string> parse_labels(const json& j, const std::string& name) {
     } catch (...) {
       pos = 0;
     }
-    if (pos != key.size() || key.empty()) fail(name, "'id2label' key '" + key + "' is not an integer");
+    if (pos != key.size() || key.empty())
+      fail(name, "'id2label' key '" + printable(key) + "' is not an integer");
     if (index < 0 || index >= static_cast<long long>(n))
-      fail(name, "'id2label' key " + key + " is outside 0.." + std::to_string(n - 1));
-    if (!value.is_string()) fail(name, "'id2label'[" + key + "] must be a string");
+      fail(name, "'id2label' key " + printable(key) + " is outside 0.." + std::to_string(n - 1));
+    if (!value.is_string()) fail(name, "'id2label'[" + printable(key) + "] must be a string");
     labels[index] = value.get<std::string>();
     seen[index] = true;
   }
@@ -82,7 +89,7 @@ std::vector<std::string> parse_labels(const json& j, const std::string& name) {
   if (auto l2i = j.find("label2id"); l2i != j.end() && l2i->is_object()) {
     for (auto& [label, index] : l2i->items()) {
       if (!index.is_number_integer() || index.get<long long>() < 0 || index.get<long long>() >= (long long)n)
-        fail(name, "'label2id'['" + label + "'] is not a valid label index");
+        fail(name, "'label2id'['" + printable(label) + "'] is not a valid label index");
     }
   }
   return labels;
@@ -117,10 +124,27 @@ LayerShape make_layer(const std::string& name, const char* what, bool is_cross, 
   return s;
 }
 
+// Weights of one PerceiverLayer: layer norms, q/k/v/output projections, MLP (with biases).
+double layer_parameters(const LayerShape& s) {
+  const double q = s.q_dim, kv = s.kv_dim, qk = s.qk_channels, v = s.v_channels, h = s.mlp_hidden;
+  return 4 * q + 2 * kv + (q + 1) * qk + (kv + 1) * qk + (kv + 1) * v + (v + 1) * q + (q + 1) * h + (h + 1) * q;
+}
+
+// Parameters a config describes, in floating point (no overflow): what loading it would allocate.
+double parameter_estimate(const PerceiverConfig& c) {
+  double n = double(c.num_latents) * c.d_latents + c.d_latents;  // latents, decoder query
+  n += layer_parameters(c.encoder_cross) + double(c.num_self_attends_per_block) * layer_parameters(c.self_attention) +
+       layer_parameters(c.decoder_cross);
+  n += (double(c.d_latents) + 1) * c.num_labels();  // final layer
+  if (c.architecture == Architecture::learned)
+    n += double(c.image_size) * c.image_size * kLearnedChannels + 4.0 * kLearnedChannels * kLearnedChannels;
+  return n;
+}
+
 }  // namespace
 
 PerceiverConfig parse_config(const std::string& json_text, const std::string& name) {
-  json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  json j = parse_json_bounded(json_text, name, ErrorKind::model, nullptr);
   if (j.is_discarded()) fail(name, "not valid JSON");
   if (!j.is_object()) fail(name, "top level must be a JSON object");
 
@@ -136,11 +160,11 @@ PerceiverConfig parse_config(const std::string& json_text, const std::string& na
   else if (c.architecture_name == "PerceiverForImageClassificationLearned")
     c.architecture = Architecture::learned;
   else
-    fail(name, "unsupported architecture '" + c.architecture_name +
+    fail(name, "unsupported architecture '" + printable(c.architecture_name) +
                    "' (supported: PerceiverForImageClassificationConvProcessing, "
                    "PerceiverForImageClassificationFourier, PerceiverForImageClassificationLearned)");
   if (auto mt = j.find("model_type"); mt != j.end() && mt->is_string() && mt->get<std::string>() != "perceiver")
-    fail(name, "model_type is '" + mt->get<std::string>() + "', expected 'perceiver'");
+    fail(name, "model_type is '" + printable(mt->get<std::string>()) + "', expected 'perceiver'");
 
   // Defaults are PerceiverConfig's.
   c.num_latents = get_int(j, name, "num_latents", 256, 1, 1 << 16);
@@ -159,7 +183,7 @@ PerceiverConfig parse_config(const std::string& json_text, const std::string& na
   bool use_query_residual = get_bool(j, name, "use_query_residual", true);
   c.image_size = get_int(j, name, "image_size", 56, 1, 1 << 15);
   std::string act = get_string(j, name, "hidden_act", "gelu");
-  if (act != "gelu") fail(name, "hidden_act '" + act + "' is not supported (only \"gelu\")");
+  if (act != "gelu") fail(name, "hidden_act '" + printable(act) + "' is not supported (only \"gelu\")");
   c.labels = parse_labels(j, name);
 
   switch (c.architecture) {
@@ -174,10 +198,25 @@ PerceiverConfig parse_config(const std::string& json_text, const std::string& na
   // PerceiverClassificationDecoder: 1 head, widening 1, query residual, qk/v from the kv width rule.
   c.decoder_cross = make_layer(name, "decoder cross-attention", true, c.d_latents, c.d_latents, 0, 0, 1, 1, true,
                                shape_for_attention);
+  // Every value is in range on its own; their products size the weights. Refuse absurd totals here, before
+  // anything is allocated for them (a model load would otherwise allocate what the config merely claims).
+  const double params = parameter_estimate(c);
+  if (params > kMaxParameters)
+    fail(name, "the model it describes would have " + std::to_string(static_cast<long long>(params)) +
+                   " parameters, more than the limit of " + std::to_string(static_cast<long long>(kMaxParameters)) +
+                   " (num_latents " + std::to_string(c.num_latents) + " x d_latents " + std::to_string(c.d_latents) +
+                   ", " + std::to_string(c.num_self_attends_per_block) + " self-attention layers, image_size " +
+                   std::to_string(c.image_size) + ", " + std::to_string(c.num_labels()) + " labels)");
   return c;
 }
 
 PerceiverConfig load_config(const std::filesystem::path& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    const int err = errno;
+    throw Error(ErrorKind::model, path.string() + ": " + (err == ENOENT ? std::string("no such file") : std::strerror(err)));
+  }
+  if (!S_ISREG(st.st_mode)) throw Error(ErrorKind::model, path.string() + ": not a regular file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(ErrorKind::model, path.string() + ": cannot open (no such file?)");
   in.seekg(0, std::ios::end);

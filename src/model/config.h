@@ -36,6 +36,10 @@ struct PerceiverConfig {
   int num_labels() const { return static_cast<int>(labels.size()); }
 };
 
+// Largest model a config.json may describe (2^32 parameters, 16 GiB in fp32; published Perceiver IO image
+// classifiers have about 60 million). Refused by parse_config before anything is allocated.
+constexpr double kMaxParameters = 4294967296.0;
+
 // Throws Error(ErrorKind::model, "<file>: ...") for missing or nonsensical values.
 PerceiverConfig load_config(const std::filesystem::path& path);
 PerceiverConfig parse_config(const std::string& json_text, const std::string& name);

@@ -24,6 +24,9 @@ namespace {
 constexpr float kLayerNormEps = 1e-5f;  // nn.LayerNorm default; config.layer_norm_eps is never read by HF
 constexpr float kBatchNormEps = 1e-5f;
 
+// Conv stem rows per im2col band: about 1 MB of im2col (16 rows at 224x224).
+inline int stem_band_rows(int stem_width) { return std::max(1, (1 << 20) / (stem_width * 3 * 49 * 4)); }
+
 // One tensor as fp32: a view straight into the weight file's mapping when it is stored as F32, else an owned
 // converted (or, for random models, generated) copy.
 struct Weight {
@@ -51,6 +54,12 @@ class WeightReader {
       w.owned = random_tensor(name, count(shape));
     } else if (const TensorRef* t = file_->find(name); !t) {
       missing_.push_back(name);
+      // Zeros stand in until finish() reports every missing tensor at once; past a budget, report now rather
+      // than allocate what config.json merely claims (a hostile config with an empty weights file).
+      missing_elements_ += count(shape);
+      if (missing_elements_ > kMaxMissingElements)
+        throw Error(ErrorKind::model, file_->path().string() + ": weights do not match config.json: missing " +
+                                          name_list(missing_) + " and possibly more");
       w.owned.assign(count(shape), 0.0f);
     } else {
       used_.insert(name);
@@ -94,12 +103,7 @@ class WeightReader {
     for (const auto& t : file_->tensors())
       if (!used_.count(t.name) && !t.name.ends_with("num_batches_tracked")) unexpected.push_back(t.name);
     if (missing_.empty() && unexpected.empty()) return;
-    auto list = [](const std::vector<std::string>& names) {
-      std::string s;
-      for (size_t i = 0; i < names.size() && i < 5; ++i) s += (i ? ", '" : "'") + names[i] + "'";
-      if (names.size() > 5) s += " and " + std::to_string(names.size() - 5) + " more";
-      return s;
-    };
+    const auto& list = name_list;
     std::string msg = file_->path().string() + ": weights do not match config.json:";
     if (!missing_.empty()) msg += " missing " + list(missing_);
     if (!missing_.empty() && !unexpected.empty()) msg += ";";
@@ -109,6 +113,13 @@ class WeightReader {
 
   // Parameters read (BatchNorm running statistics excluded), as HF counts them.
   int64_t num_parameters() const { return num_parameters_; }
+
+  static std::string name_list(const std::vector<std::string>& names) {
+    std::string s;
+    for (size_t i = 0; i < names.size() && i < 5; ++i) s += (i ? ", '" : "'") + printable(names[i]) + "'";
+    if (names.size() > 5) s += " and " + std::to_string(names.size() - 5) + " more";
+    return s;
+  }
 
   static size_t count(const std::vector<int64_t>& shape) {
     size_t n = 1;
@@ -142,6 +153,8 @@ class WeightReader {
   uint64_t rng_state_ = 0;
   std::set<std::string> used_;
   std::vector<std::string> missing_;
+  size_t missing_elements_ = 0;
+  static constexpr size_t kMaxMissingElements = size_t{1} << 24;  // zeros allocated for missing tensors
   int64_t num_parameters_ = 0;
 };
 
@@ -215,7 +228,7 @@ class PerceiverModel final : public Model {
     int batch = 0, height = 0, width = 0;
     InputGeometry geo;
     std::vector<float> fourier;           // [N, 258] position features
-    std::vector<float> im2col, stem_out;  // conv stem: [B*H1*W1, 147], [B*H1*W1, 64]
+    std::vector<float> im2col, stem_out;  // conv stem: [band*W1, 147] (one band of rows), [B*H1*W1, 64]
     std::vector<float> pixels_hwc;        // fourier/learned: [B*H*W, 3]
     std::vector<float> inputs;            // [B, N, C]
     std::vector<float> kv_norm;           // [B, max(N, L), max kv width]
@@ -411,7 +424,7 @@ void PerceiverModel::prepare(int batch, int height, int width) {
     w.fourier = fourier_position_encoding(w.geo.tokens_h, w.geo.tokens_w, res, res, kFourierBands);
   }
   if (c.architecture == Architecture::conv) {
-    w.im2col.assign(B * w.geo.stem_h * w.geo.stem_w * 3 * 49, 0.0f);
+    w.im2col.assign(size_t(stem_band_rows(w.geo.stem_w)) * w.geo.stem_w * 3 * 49, 0.0f);
     w.stem_out.assign(B * w.geo.stem_h * w.geo.stem_w * kConvStemChannels, 0.0f);
   } else {
     w.pixels_hwc.assign(B * height * width * 3, 0.0f);
@@ -445,12 +458,17 @@ void PerceiverModel::build_inputs(const ForwardArgs& args) {
   if (c.architecture == Architecture::conv) {
     const int H1 = w.geo.stem_h, W1 = w.geo.stem_w, H2 = w.geo.tokens_h, W2 = w.geo.tokens_w;
     const int K = 3 * 49;
-    // im2col of the zero-padded (3 each side) image for the 7x7 stride-2 conv: [B*H1*W1, 3*7*7].
+    // im2col of the zero-padded (3 each side) image for the 7x7 stride-2 conv, [rows*W1, 3*7*7], a band of
+    // stem rows at a time (about 1 MB) so that the buffer stays small and in cache; then the GEMM of the band.
+    float* stem = w.stem_out.data();  // [B, H1, W1, 64] channels-last
+    const int band = stem_band_rows(W1);
+    for (int r0 = 0; r0 < B * H1; r0 += band) {
+      const int rows = std::min(band, B * H1 - r0);
 #pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < B; ++b)
-      for (int y = 0; y < H1; ++y)
+      for (int r = 0; r < rows; ++r)
         for (int x = 0; x < W1; ++x) {
-          float* col = &w.im2col[((size_t(b) * H1 + y) * W1 + x) * K];
+          const int b = (r0 + r) / H1, y = (r0 + r) % H1;
+          float* col = &w.im2col[(size_t(r) * W1 + x) * K];
           for (int i = 0; i < 3; ++i)
             for (int ky = 0; ky < 7; ++ky)
               for (int kx = 0; kx < 7; ++kx) {
@@ -460,9 +478,9 @@ void PerceiverModel::build_inputs(const ForwardArgs& args) {
                                                 : pixels[((size_t(b) * 3 + i) * H + iy) * W + ix];
               }
         }
-    float* stem = w.stem_out.data();  // [B, H1, W1, 64] channels-last
-    backend_->linear(*conv_stem_, w.im2col.data(), K, B * H1 * W1, stem, kConvStemChannels, Activation::none,
-                     nullptr);
+      backend_->linear(*conv_stem_, w.im2col.data(), K, rows * W1, stem + size_t(r0) * W1 * kConvStemChannels,
+                       kConvStemChannels, Activation::none, nullptr);
+    }
     auto trace_nchw = [&](const char* name, const float* src, int h, int wd, long src_stride_token,
                           long src_stride_batch) {
       if (!args.trace) return;

@@ -1,0 +1,111 @@
+#!/usr/bin/python3
+"""perceiver.cpp vs ONNX Runtime vs PyTorch on the same full-size conv checkpoint, same threads, interleaved.
+
+  /usr/bin/python3 bench/side_by_side.py [--threads 2] [--rounds 3] [--batch 1] [--precision fp32]
+
+Steps: validate the PyTorch twin (bench/perceiver_twin.py) against ../shared/vectors; create a full-size
+random-weight conv checkpoint (model.safetensors + config.json) in bench/.work/ unless present; export the twin to
+ONNX (opset 14); then, per round, run ORT, perceiver.cpp, ORT, PyTorch, each as a fresh process with its own
+warm-up (the machine is noisy, so the engines alternate). Prints the table and the speed ratios.
+
+Needs: Debian's /usr/bin/python3 with python3-torch; node with onnxruntime-node installed in bench/
+(cd bench && ONNXRUNTIME_NODE_INSTALL=skip npm install); a built perceiver (--perceiver, default: the newest
+build*/bin/perceiver). The PyTorch process alone runs with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset: this
+machine's environment pins OpenBLAS (which Debian's PyTorch uses) to its Haswell kernels, which halves it.
+"""
+import argparse
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PY = "/usr/bin/python3"
+TWIN = os.path.join(HERE, "perceiver_twin.py")
+GFLOP = 369.2  # conv model at 224x224 (Model::flops_per_image)
+
+
+def run_json(cmd, env=None):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def find_perceiver():
+    found = [p for p in glob.glob(os.path.join(ROOT, "build*", "bin", "perceiver")) if os.access(p, os.X_OK)]
+    if not found:
+        sys.exit("no built perceiver found (build*/bin/perceiver); pass --perceiver")
+    return max(found, key=os.path.getmtime)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="perceiver.cpp's precision")
+    ap.add_argument("--iters", type=int, default=3, help="timed iterations per process (ORT, perceiver.cpp)")
+    ap.add_argument("--torch-iters", type=int, default=1, help="timed iterations per PyTorch process")
+    ap.add_argument("--workdir", default=os.path.join(HERE, ".work"))
+    ap.add_argument("--perceiver", default=None)
+    ap.add_argument("--skip-validate", action="store_true")
+    args = ap.parse_args()
+    perceiver = args.perceiver or find_perceiver()
+
+    if not args.skip_validate:
+        print("validating the PyTorch twin against ../shared/vectors ...", flush=True)
+        subprocess.run([PY, TWIN, "validate"], check=True)
+    model_dir = os.path.join(args.workdir, "vision-perceiver-conv-random")
+    if not os.path.exists(os.path.join(model_dir, "model.safetensors")):
+        subprocess.run([PY, TWIN, "checkpoint", "--out", model_dir], check=True)
+    onnx_path = os.path.join(args.workdir, f"perceiver-conv-b{args.batch}.onnx")
+    if not os.path.exists(onnx_path):
+        subprocess.run([PY, TWIN, "export", "--model", model_dir, "--out", onnx_path, "--batch", str(args.batch)],
+                       check=True)
+
+    torch_env = dict(os.environ)
+    torch_env.pop("OPENBLAS_CORETYPE", None)
+    torch_env.pop("OPENBLAS_L2_SIZE", None)
+    t, b = str(args.threads), str(args.batch)
+    engines = {
+        "ort": lambda: run_json(["node", os.path.join(HERE, "ort_bench.js"), onnx_path, "--threads", t, "--batch", b,
+                                 "--iters", str(args.iters), "--warmup", "1"]),
+        "ours": lambda: run_json([perceiver, "bench", "--model", model_dir, "--threads", t, "--batch", b,
+                                  "--precision", args.precision, "--iters", str(args.iters), "--warmup", "1",
+                                  "--json"]),
+        "torch": lambda: run_json([PY, TWIN, "bench", "--model", model_dir, "--threads", t, "--batch", b,
+                                   "--iters", str(args.torch_iters), "--warmup", "1"], env=torch_env),
+    }
+    times = {k: [] for k in engines}
+    info = {}
+    for r in range(args.rounds):
+        for name in ("ort", "ours", "ort", "torch"):
+            res = engines[name]()
+            times[name] += res["times_ms"]
+            info.setdefault(name, []).append(res)
+            print(f"round {r + 1}/{args.rounds} {name:5s}: median {res['median_ms']:9.1f} ms per batch", flush=True)
+
+    labels = {"ours": f"perceiver.cpp ({info['ours'][0]['backend']}, {args.precision})",
+              "ort": info["ort"][0]["engine"], "torch": info["torch"][0]["engine"] + " (eager, twin)"}
+    ours = statistics.median(times["ours"])
+    print()
+    print(f"Full-size conv model (random weights), 224x224, batch {args.batch}, {args.threads} threads, "
+          f"{args.rounds} interleaved rounds (ORT, ours, ORT, PyTorch)")
+    print()
+    print("| engine | median ms/image | min ms/image | images/s | GFLOP/s | load ms | peak RSS MB | time vs perceiver.cpp |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in ("ours", "ort", "torch"):
+        med, mn = statistics.median(times[name]) / args.batch, min(times[name]) / args.batch
+        load = statistics.median(x["load_ms"] for x in info[name])
+        rss = max(x["peak_rss_mb"] for x in info[name])
+        print(f"| {labels[name]} | {med:.0f} | {mn:.0f} | {1000 / med:.2f} | {GFLOP * 1000 / med:.0f} | {load:.0f} "
+              f"| {rss:.0f} | {statistics.median(times[name]) / ours:.2f}x |")
+    print()
+    print(f"ONNX Runtime / perceiver.cpp: {statistics.median(times['ort']) / ours:.2f}x; "
+          f"PyTorch / perceiver.cpp: {statistics.median(times['torch']) / ours:.2f}x (median latency ratios)")
+
+
+if __name__ == "__main__":
+    main()

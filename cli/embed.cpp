@@ -1,0 +1,109 @@
+// perceiver embed: image features from a model: the encoder's latents, their mean, or the decoder's output
+// before the final linear layer.
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "common.h"
+#include "formats/npy.h"
+#include "train/dataset.h"
+#include "util/atomic_file.h"
+
+namespace perceiver::cli {
+namespace {
+
+struct EmbedArgs {
+  ModelArgs model;
+  std::vector<std::string> images;
+  std::string out;
+  std::string pool = "mean";
+  int batch_size = 8;
+  bool json = false, preprocess_defaults = false;
+};
+
+void run_embed(const EmbedArgs& args) {
+  if (args.out.empty() && !args.json) throw Error(ErrorKind::usage, "embed: give --out FILE.npy and/or --json");
+  if (args.images.empty()) throw Error(ErrorKind::usage, "embed: no images given");
+  const std::vector<std::filesystem::path> files = expand_image_args(args.images);
+  const std::filesystem::path dir = args.model.resolve_dir();
+  const PreprocessorConfig prep = model_preprocessor(dir, args.preprocess_defaults);
+  auto model = Model::load(dir, args.model.options());
+  const ModelInfo& info = model->info();
+  const int64_t n = int64_t(files.size()), L = info.num_latents, D = info.d_latents;
+
+  std::vector<float> latents, features;
+  std::vector<int64_t> shape;
+  if (args.pool == "decoder") {
+    features.resize(size_t(n) * D);
+    shape = {n, D};
+  } else {
+    latents.resize(size_t(n) * L * D);
+    shape = args.pool == "latents" ? std::vector<int64_t>{n, L, D} : std::vector<int64_t>{n, D};
+  }
+  train::run_model_on_images(*model, prep, n, train::file_source(files), args.batch_size,
+                             !args.model.quiet && n > 1, "embedding", [&](ForwardArgs& a, int64_t first) {
+                               if (args.pool == "decoder")
+                                 a.decoder_features = &features[size_t(first) * D];
+                               else
+                                 a.latents = &latents[size_t(first) * L * D];
+                             });
+  if (args.pool == "latents") {
+    features = std::move(latents);
+  } else if (args.pool == "mean") {
+    features.assign(size_t(n) * D, 0.0f);
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t d = 0; d < D; ++d) {
+        double acc = 0;
+        for (int64_t l = 0; l < L; ++l) acc += latents[(size_t(b) * L + l) * D + d];
+        features[size_t(b) * D + d] = static_cast<float>(acc / double(L));
+      }
+  }
+
+  if (!args.out.empty()) {
+    const std::filesystem::path out = args.out;
+    write_npy_f32(out, shape, features.data());
+    std::string list;
+    for (const auto& f : files) list += f.string() + "\n";
+    std::filesystem::path sidecar = out;
+    sidecar.replace_extension(".txt");
+    write_file_atomic(sidecar, list);
+  }
+  if (args.json) {
+    const size_t per_image = features.size() / size_t(n);
+    for (int64_t b = 0; b < n; ++b) {
+      nlohmann::json j;
+      j["file"] = files[b].string();
+      j["pool"] = args.pool;
+      j["shape"] = std::vector<int64_t>(shape.begin() + 1, shape.end());
+      j["features"] = std::vector<float>(features.begin() + b * per_image, features.begin() + (b + 1) * per_image);
+      std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    }
+  } else if (!args.model.quiet) {
+    std::string dims;
+    for (size_t i = 0; i < shape.size(); ++i) dims += (i ? ", " : "") + std::to_string(shape[i]);
+    std::fprintf(stderr, "wrote %s [%s] and %s\n", args.out.c_str(), dims.c_str(),
+                 std::filesystem::path(args.out).replace_extension(".txt").string().c_str());
+  }
+}
+
+}  // namespace
+
+void register_embed(CLI::App& app) {
+  auto args = std::make_shared<EmbedArgs>();
+  CLI::App* cmd = app.add_subcommand("embed", "Write image features (encoder latents, their mean, or decoder output)");
+  args->model.add_to(cmd);
+  cmd->add_option("images", args->images, "Image files (JPEG, PNG, WebP) or folders of images (sorted order)");
+  cmd->add_option("-o,--out", args->out,
+                  "float32 .npy to write; the list of files goes next to it with the extension .txt");
+  cmd->add_option("--pool", args->pool,
+                  "latents: [N, num_latents, d_latents]; mean: their mean [N, d_latents] (default); decoder: the "
+                  "decoder output before the final layer [N, d_latents]")
+      ->check(CLI::IsMember({"mean", "latents", "decoder"}));
+  cmd->add_option("-b,--batch-size", args->batch_size, "Images per forward pass (default 8)");
+  cmd->add_flag("--json", args->json, "One JSON object per image on stdout: file, pool, shape, features");
+  cmd->add_flag("--preprocess-defaults", args->preprocess_defaults,
+                "Without preprocessor_config.json, use PerceiverImageProcessor's defaults");
+  cmd->callback([args]() { run_embed(*args); });
+}
+
+}  // namespace perceiver::cli

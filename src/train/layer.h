@@ -1,0 +1,86 @@
+// A trainable PerceiverLayer (HF modeling_perceiver.py): pre-LayerNorm attention (cross or self, any number
+// of heads, optional query residual) followed by a pre-LayerNorm GELU MLP with a residual:
+//
+//   xq = LN1(x);  kv' = LN2(kv) (cross) or xq (self)
+//   a  = Wo attention(Wq xq, Wk kv', Wv kv') + bo  (+ x when query_residual)
+//   out = a + W2 gelu(W1 LN3(a) + b1) + b2
+//
+// forward() keeps what backward() needs in a Cache; backward() adds the gradients of every parameter into its
+// Param::grad and, on request, into the gradients of both inputs. The decoder of an image classifier is one
+// of these; so is every encoder layer, so un-freezing more of the network reuses this pair.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "model/config.h"
+#include "train/rng.h"
+
+namespace perceiver::train {
+
+template <class T>
+struct Param {
+  std::string name;  // Hugging Face state-dict name
+  std::vector<int64_t> shape;
+  std::vector<T> value, grad;
+  enum Kind { weight, bias, norm_scale, embedding } kind = weight;
+
+  size_t size() const { return value.size(); }
+};
+
+// nn.LayerNorm's default; HF's PerceiverLayer never passes config.layer_norm_eps.
+constexpr double kLayerNormEps = 1e-5;
+
+template <class T>
+class PerceiverLayer {
+ public:
+  // prefix: the layer's HF name prefix, e.g. "perceiver.decoder.decoder.decoding_cross_attention."
+  PerceiverLayer(const LayerShape& shape, const std::string& prefix);
+  PerceiverLayer(const PerceiverLayer&) = delete;  // params() hands out pointers into this object
+  PerceiverLayer& operator=(const PerceiverLayer&) = delete;
+
+  const LayerShape& shape() const { return shape_; }
+  // Every parameter, in a fixed order (the order HF's state dict lists them).
+  std::vector<Param<T>*> params();
+  Param<T>* find(std::string_view name_suffix);
+
+  // HF's _init_weights: Linear weights ~ normal(0, std), biases 0, LayerNorm weight 1 / bias 0; draws in
+  // params() order.
+  void init_hf(Rng& rng, double std);
+
+  struct Cache {
+    int batch = 0, nq = 0, nk = 0;
+    const T* x = nullptr;   // the caller's inputs: must stay unchanged until backward()
+    const T* kv = nullptr;
+    std::vector<T> x_ln, mean1, rstd1;   // LN1
+    std::vector<T> kv_ln, mean2, rstd2;  // LN2 (cross only)
+    std::vector<T> q, k, v, probs, ctx;  // attention
+    std::vector<T> a, h_ln, mean3, rstd3, h1, g;  // MLP
+  };
+
+  // x: [batch * nq, q_dim]; kv: [batch * nk, kv_dim] for cross-attention (ignored for self-attention, where
+  // nk must equal nq). out: [batch * nq, q_dim], may not alias x. cache: filled for backward(), or null.
+  void forward(const T* x, const T* kv, int batch, int nq, int nk, T* out, Cache* cache) const;
+
+  // dout: [batch * nq, q_dim]. Adds into dx [batch * nq, q_dim] and dkv [batch * nk, kv_dim] (either null when
+  // not needed) and into every Param::grad.
+  void backward(const Cache& cache, const T* dout, T* dx, T* dkv);
+
+ private:
+  LayerShape shape_;
+  Param<T> ln1_w_, ln1_b_, ln2_w_, ln2_b_, q_w_, q_b_, k_w_, k_b_, v_w_, v_b_, o_w_, o_b_, ln3_w_, ln3_b_, m1_w_,
+      m1_b_, m2_w_, m2_b_;
+};
+
+// Linear / LayerNorm dispatch: the fast float kernels for float, the plain loops for double.
+template <class T>
+void linear_forward(const T* x, const T* W, const T* b, int M, int N, int K, T* y);
+template <class T>
+void linear_backward(const T* x, const T* W, const T* dy, int M, int N, int K, T* dx, T* dW, T* db);
+
+extern template class PerceiverLayer<float>;
+extern template class PerceiverLayer<double>;
+
+}  // namespace perceiver::train
