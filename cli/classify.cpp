@@ -75,6 +75,19 @@ void print_prediction(const ClassifyArgs& args, const ModelInfo& info, const std
   }
 }
 
+bool all_finite(const std::vector<float>& values) {
+  for (float v : values)
+    if (!std::isfinite(v)) return false;
+  return true;
+}
+
+// Finite inputs, non-finite logits: the weights hold NaN/Inf (or overflow); no made-up probabilities.
+void check_logits(const std::vector<float>& logits, const std::filesystem::path& model_dir) {
+  if (!all_finite(logits))
+    throw Error(ErrorKind::model, model_dir.string() + ": the model computed NaN or infinite logits (its weights "
+                                                       "hold NaN or infinite values, or overflow)");
+}
+
 void run_classify(const ClassifyArgs& args) {
   if (args.pixels.empty() == args.images.empty())
     throw Error(ErrorKind::usage, "classify: give either image files/folders or --pixels IN.npy");
@@ -106,8 +119,10 @@ void run_classify(const ClassifyArgs& args) {
               W = static_cast<int>(pixel_array.shape[3]);
     naming_file(args.pixels, [&] { model->check_input_size(H, W); });
     std::vector<float> pixels = pixel_array.to_f32();
+    if (!all_finite(pixels)) throw Error(ErrorKind::bad_input, args.pixels + ": holds NaN or infinite values");
     all_logits.resize(size_t(B) * num_labels);
     model->classify(pixels.data(), B, H, W, all_logits.data());
+    check_logits(all_logits, dir);
     if (!args.logits_out.empty()) write_npy_f32(args.logits_out, {B, num_labels}, all_logits.data());
     for (int b = 0; b < B; ++b) print_prediction(args, info, args.pixels, b, &all_logits[size_t(b) * num_labels]);
     return;
@@ -141,6 +156,7 @@ void run_classify(const ClassifyArgs& args) {
     }
     batch_logits.resize(size_t(count) * num_labels);
     model->classify(batch_pixels.data(), count, H, W, batch_logits.data());
+    check_logits(batch_logits, dir);
     for (int b = 0; b < count; ++b)
       print_prediction(args, info, files[next - count + b].string(), -1, &batch_logits[size_t(b) * num_labels]);
     std::cout.flush();

@@ -36,6 +36,9 @@ void run_train_head(const TrainHeadArgs& args) {
     throw Error(ErrorKind::bad_input, args.data + ": need at least two classes, found " +
                                           std::to_string(data.classes.size()));
   const std::filesystem::path dir = args.model.resolve_dir();
+  std::error_code ec;
+  if (std::filesystem::equivalent(dir, args.out, ec))
+    throw Error(ErrorKind::usage, args.out + ": the output must not be the source model directory");
   const PreprocessorConfig prep = model_preprocessor(dir, args.preprocess_defaults);
   const PerceiverConfig config = load_config(dir / "config.json");
   auto model = Model::load(dir, args.model.options());

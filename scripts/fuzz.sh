@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (clang-14, ASan + UBSan + libFuzzer) and runs each for SECONDS (default 30),
-# one after the other; fails on the first crash, leak, timeout, out-of-memory or sanitizer report.
+# one after the other; exits 1 if any target hit a crash, leak, timeout, out-of-memory or sanitizer report.
 #   scripts/fuzz.sh [SECONDS]
 # Environment: BUILD_DIR (default build-fuzz), SHARED_DIR (default ../shared), FUZZ_TARGETS (space-separated
 # subset), FUZZ_JOBS (parallel jobs per target, default 1), FUZZ_CORPUS_DIR (where the working corpus grows;
-# default $BUILD_DIR/corpus — the committed seeds in fuzz/corpus are never written to).
+# default $BUILD_DIR/corpus — the committed seeds in fuzz/corpus are never written to), FUZZ_BUILD_JOBS
+# (default nproc). Crash reproducers and per-target logs: $BUILD_DIR/fuzz-logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -25,7 +26,7 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
     -DPERCEIVER_ONEDNN=OFF -DPERCEIVER_SHARED_DIR="$shared" >/dev/null
 fi
 # shellcheck disable=SC2086
-cmake --build "$build" -j"${FUZZ_BUILD_JOBS:-2}" --target $targets
+cmake --build "$build" -j"${FUZZ_BUILD_JOBS:-$(nproc)}" --target $targets
 
 # Seeds: the committed ones, plus small files from the shared golden vectors when they are there.
 seed_from_shared() {  # target, files...

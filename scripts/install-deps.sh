@@ -13,7 +13,7 @@ PACKAGES=(
   libcurl4-openssl-dev libssl-dev           # hub downloads, sha256
   libdnnl-dev ocl-icd-opencl-dev            # oneDNN GEMMs (its CMake config needs OpenCL headers)
   libgtest-dev libgmock-dev libbenchmark-dev  # tests, micro-benchmarks
-  clang-14 libclang-rt-14-dev               # fuzzing (libFuzzer)
+  clang-14 libclang-rt-14-dev libomp-14-dev   # fuzzing (libFuzzer; OpenMP for the clang configure)
   python3 python3-numpy                     # the hub stand-in server used by tests
   dataset-fashion-mnist                     # real-data accuracy test
 )

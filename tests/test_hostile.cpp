@@ -5,13 +5,17 @@
 // no sanitizer report, no output file or temporary left behind, and nothing executed (the pickles try to
 // `touch` a sentinel file).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <zip.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -236,7 +240,9 @@ class Hostile : public ::testing::Test {
                       int expected_code = 0) {
     SCOPED_TRACE(what + ": perceiver " + command_args);
     std::string err;
-    const int rc = test::run_command(quote(test::cli_path()) + " " + command_args + " >/dev/null", &err);
+    // stderr alone is captured: { ... 2>&1 >/dev/null; } sends the CLI's stdout away.
+    const int rc = test::run_command("{ " + quote(test::cli_path()) + " " + command_args + " 2>&1 >/dev/null; }", &err);
+    if (std::getenv("PERCEIVER_HOSTILE_VERBOSE")) std::printf("[%d] %-40s %s", rc, what.c_str(), err.c_str());
     EXPECT_GE(rc, 1) << err;
     EXPECT_LE(rc, 127) << err;
     EXPECT_NE(rc, 70) << "internal error: " << err;
@@ -316,6 +322,12 @@ TEST_F(Hostile, SafetensorsTruncatedCorruptedOrLying) {
   };
   int i = 0;
   for (const auto& [what, bytes] : cases) refuse_weights(what, weights_model("st" + std::to_string(i++), st, bytes), st);
+  // A well-formed file whose floats are all NaN: no made-up probabilities, the model folder is named.
+  Bytes nan_weights = real;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (size_t k = 8 + hlen; k + 4 <= nan_weights.size(); k += 4) std::memcpy(&nan_weights[k], &nan, 4);
+  auto dir = weights_model("st-nan", st, nan_weights);
+  refuse_pixels("NaN weights", dir, pixels_, dir.string(), 4);
 }
 
 TEST_F(Hostile, TorchZipTruncatedCorruptedOrLying) {
@@ -438,7 +450,7 @@ TEST_F(Hostile, ConfigsWithAbsurdOrMissingValues) {
     refuse_pixels(what, dir, pixels_, dir.string(), 4);  // config.json, or the weights that disagree with it
   }
   // Big but in-range values with a weights file that lacks them: refused before zeros are allocated for them.
-  const std::string big = edited([](auto& j) { j["num_latents"] = 16384; j["d_latents"] = 16384; });
+  const std::string big = edited([](auto& j) { j["num_latents"] = 8192; j["d_latents"] = 8192; });
   const Bytes empty = safetensors("{}", "");
   auto dir = model("big-empty", &big, "model.safetensors", &empty);
   refuse_pixels("big config, empty weights", dir, pixels_, (dir / "model.safetensors").string(), 4);
@@ -514,6 +526,8 @@ TEST_F(Hostile, PixelFilesWithLyingHeaders) {
       {"four channels", npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4, 56, 42), }", data)},
       {"unterminated string", npy("{'descr': '<f4, 'fortran_order': False, 'shape': (1, 3, 56, 56), }", data)},
       {"no trailing newline", [&] { Bytes b = npy(ok, data); b[10 + (uint8_t(b[8]) | uint8_t(b[9]) << 8) - 1] = ' '; return b; }()},
+      {"NaN pixels", npy(ok, floats(3 * 56 * 56, std::numeric_limits<float>::quiet_NaN()))},
+      {"infinite pixels", npy(ok, floats(3 * 56 * 56, std::numeric_limits<float>::infinity()))},
       {"python expression in the header", npy("{'descr': __import__('os').system('touch " + sentinel_.string() + "'), 'fortran_order': False, 'shape': (1,), }", floats(1))},
   };
   int i = 0;
@@ -522,6 +536,10 @@ TEST_F(Hostile, PixelFilesWithLyingHeaders) {
     refuse_pixels(what, conv_, f, f.string(), 3);
   }
   refuse_pixels("pixels path is a directory", conv_, root_, root_.string(), 3);
+  refuse_pixels("pixels path is /dev/zero", conv_, "/dev/zero", "/dev/zero", 3);
+  const fs::path fifo = root_ / "fifo.npy";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  refuse_pixels("pixels path is a FIFO with no writer", conv_, fifo, fifo.string(), 3);
   refuse_pixels("pixels file missing", conv_, root_ / "nope.npy", (root_ / "nope.npy").string(), 3);
 }
 
@@ -572,6 +590,10 @@ TEST_F(Hostile, BrokenAndOversizedImages) {
   // A folder named like an image, and a folder holding no images.
   fs::create_directories(root_ / "folder.png");
   refuse_image("folder named .png", root_ / "folder.png");
+  fs::create_symlink("/dev/zero", root_ / "zero.jpg");
+  refuse_image("link to /dev/zero", root_ / "zero.jpg");
+  ASSERT_EQ(::mkfifo((root_ / "fifo.png").c_str(), 0600), 0);
+  refuse_image("FIFO with no writer", root_ / "fifo.png");
   // One good image, then a broken one: no logits file for the half that worked.
   auto good = file("a-good.jpg", rocket);
   auto bad = file("b-bad.png", png(100000, 100000, 1));

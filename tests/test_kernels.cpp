@@ -12,6 +12,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/numerics.h"
+#include "perceiver/perceiver.h"
 #include "test_util.h"
 
 namespace perceiver {
@@ -199,6 +200,36 @@ TEST_F(KernelTest, AttentionMatchesReference) {
           EXPECT_TRUE(test::AllCloseScaled(got_p, want_p, kFp32Tolerance));
         }
       }
+}
+
+// Model::create_random (perceiver bench's in-memory model): the full-size conv configuration has the parameter
+// count of deepmind/vision-perceiver-conv, and a small one runs to finite logits, the same on both backends.
+TEST(RandomModel, FullSizeConvHasTheHubParameterCount) {
+  const std::string config = R"({"architectures": ["PerceiverForImageClassificationConvProcessing"],
+    "num_latents": 512, "d_latents": 1024, "num_blocks": 8, "num_self_attends_per_block": 6,
+    "num_self_attention_heads": 8, "num_cross_attention_heads": 1, "num_labels": 1000})";
+  ModelOptions options;
+  options.backend = "reference";
+  auto model = Model::create_random(config, 1, options);
+  EXPECT_EQ(model->info().num_parameters, 48646522);
+  EXPECT_NEAR(model->flops_per_image(224, 224) / 1e9, 369.2, 0.05);
+}
+
+TEST(RandomModel, SmallModelRunsOnBothBackends) {
+  const std::string config = R"({"architectures": ["PerceiverForImageClassificationConvProcessing"],
+    "num_latents": 24, "d_latents": 64, "num_blocks": 2, "num_self_attends_per_block": 2,
+    "num_self_attention_heads": 4, "num_cross_attention_heads": 1, "num_labels": 10})";
+  std::vector<float> pixels = random_vector(2 * 3 * 40 * 40, 5, -2.0f, 2.0f);
+  std::vector<std::vector<float>> logits;
+  for (std::string backend : {"reference", "auto"}) {
+    ModelOptions options;
+    options.backend = backend;
+    auto model = Model::create_random(config, 7, options);
+    logits.emplace_back(20);
+    model->classify(pixels.data(), 2, 40, 40, logits.back().data());
+    for (float x : logits.back()) ASSERT_TRUE(std::isfinite(x));
+  }
+  EXPECT_TRUE(test::AllCloseScaled(logits[1], logits[0], 1e-4));
 }
 
 }  // namespace

@@ -160,6 +160,8 @@ TEST(TrainGradFD, SoftmaxCrossEntropy) {
 void check_layer_fd(const LayerShape& shape, int batch, int nq, int nk) {
   Rng rng(6);
   PerceiverLayer<double> layer(shape, "layer.");
+  std::printf("%s-attention layer: %s path\n", shape.is_cross ? "cross" : "self",
+              layer.uses_query_folding(nq) ? "folded" : "generic");
   for (Param<double>* p : layer.params())  // well away from the 1/0 init so every term matters
     for (auto& v : p->value) v = (p->kind == Param<double>::norm_scale ? 1.0 : 0.0) + 0.4 * rng.normal();
   const int kv_dim = shape.is_cross ? shape.kv_dim : shape.q_dim;
@@ -186,6 +188,40 @@ TEST(TrainGradFD, CrossAttentionLayerOneHead) {
   s.q_dim = 5, s.kv_dim = 4, s.qk_channels = 5, s.v_channels = 5, s.heads = 1, s.mlp_hidden = 5;
   s.is_cross = true;
   check_layer_fd(s, 2, 1, 6);
+}
+
+// The decoder's folded cross-attention (few queries: keys and values never formed) against the generic path.
+TEST(TrainGradFD, FoldedCrossAttentionMatchesGeneric) {
+  for (int heads : {1, 2}) {
+    SCOPED_TRACE(heads);
+    LayerShape s;
+    s.q_dim = 8, s.kv_dim = 5, s.qk_channels = 8, s.v_channels = 6, s.heads = heads, s.mlp_hidden = 8;
+    s.is_cross = true;
+    const int B = 3, nq = 1, nk = 7;
+    PerceiverLayer<double> folded(s, "l."), generic(s, "l.");
+    generic.set_query_folding(false);
+    ASSERT_TRUE(folded.uses_query_folding(nq));
+    ASSERT_FALSE(generic.uses_query_folding(nq));
+    Rng rng(11);
+    auto fp = folded.params(), gp = generic.params();
+    for (size_t i = 0; i < fp.size(); ++i) {
+      for (auto& v : fp[i]->value) v = (fp[i]->kind == Param<double>::norm_scale ? 1.0 : 0.0) + 0.4 * rng.normal();
+      gp[i]->value = fp[i]->value;
+    }
+    auto x = randn(size_t(B) * nq * s.q_dim, rng), kv = randn(size_t(B) * nk * s.kv_dim, rng);
+    auto r = randn(x.size(), rng);
+    std::vector<double> out1(x.size()), out2(x.size()), dx1(x.size(), 0), dx2(x.size(), 0), dkv1(kv.size(), 0),
+        dkv2(kv.size(), 0);
+    PerceiverLayer<double>::Cache c1, c2;
+    folded.forward(x.data(), kv.data(), B, nq, nk, out1.data(), &c1);
+    generic.forward(x.data(), kv.data(), B, nq, nk, out2.data(), &c2);
+    EXPECT_TRUE(Close(out1, out2, 1e-12, "out"));
+    folded.backward(c1, r.data(), dx1.data(), dkv1.data());
+    generic.backward(c2, r.data(), dx2.data(), dkv2.data());
+    EXPECT_TRUE(Close(dx1, dx2, 1e-12, "dx"));
+    EXPECT_TRUE(Close(dkv1, dkv2, 1e-12, "dkv"));
+    for (size_t i = 0; i < fp.size(); ++i) EXPECT_TRUE(Close(fp[i]->grad, gp[i]->grad, 1e-12, fp[i]->name));
+  }
 }
 
 TEST(TrainGradFD, CrossAttentionLayerNoResidualTwoHeads) {

@@ -70,7 +70,9 @@ class HeaderParser {
 
  private:
   [[noreturn]] void bad(const std::string& what) const {
-    fail(file_, "bad header (" + what + "): " + printable(s_, 120));
+    std::string_view shown = s_;  // without the padding
+    while (!shown.empty() && (shown.back() == ' ' || shown.back() == '\n')) shown.remove_suffix(1);
+    fail(file_, "bad header (" + what + "): " + printable(shown, 120));
   }
   char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
   void skip_ws() {
@@ -259,7 +261,7 @@ std::vector<int64_t> NpyArray::to_i64() const {
 NpyArray read_npy(const std::filesystem::path& path) {
   const std::string file = path.string();
   Fd fd;
-  fd.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  fd.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // a FIFO must not block: refused below
   if (fd.fd < 0) {
     int err = errno;
     if (err == ENOENT || err == ENOTDIR) fail(file, "no such file");

@@ -1,4 +1,8 @@
 // load_image: format sniffing as Pillow's Image.open does it, then exif_transpose.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -75,14 +79,29 @@ ImageU8 load_image(const std::filesystem::path& path, const DecodeOptions& optio
   const std::string name = path.string();
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) image_detail::fail(name, "is a directory, not an image file");
-  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(name.c_str(), "rb"), &std::fclose);
-  if (!file) image_detail::fail(name, std::string("cannot open: ") + std::strerror(errno));
-  std::vector<uint8_t> bytes;
-  uint8_t buffer[1 << 16];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof buffer, file.get())) > 0)
-    bytes.insert(bytes.end(), buffer, buffer + n);
-  if (std::ferror(file.get())) image_detail::fail(name, "read error");
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; only regular files are read, up to their size (a
+  // device such as /dev/zero would never end).
+  const int fd = ::open(name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) image_detail::fail(name, std::string("cannot open: ") + std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) image_detail::fail(name, "not a regular file");
+  constexpr off_t kMaxFileBytes = off_t{1} << 31;
+  if (st.st_size > kMaxFileBytes)
+    image_detail::fail(name, "file of " + std::to_string(st.st_size) + " bytes is too large for an image");
+  std::vector<uint8_t> bytes(static_cast<size_t>(st.st_size));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t got = ::read(fd, bytes.data() + done, bytes.size() - done);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) image_detail::fail(name, std::string("read error: ") + std::strerror(errno));
+    if (got == 0) break;  // the file shrank while being read: decoded as what was there
+    done += static_cast<size_t>(got);
+  }
+  bytes.resize(done);
   return load_image_from_memory(bytes.data(), bytes.size(), name, options);
 }
 

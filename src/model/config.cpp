@@ -26,6 +26,9 @@ int get_int(const json& j, const std::string& name, const char* key, int fallbac
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
   if (!it->is_number_integer()) fail(name, std::string("'") + key + "' must be an integer");
+  if (it->is_number_unsigned() && it->get<unsigned long long>() > static_cast<unsigned long long>(hi))
+    fail(name, std::string("'") + key + "' = " + std::to_string(it->get<unsigned long long>()) +
+                   " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
   long long v = it->get<long long>();
   if (v < lo || v > hi)
     fail(name, std::string("'") + key + "' = " + std::to_string(v) + " is out of range [" + std::to_string(lo) +

@@ -9,6 +9,10 @@
 namespace perceiver::train::fast {
 namespace {
 
+// Below this many multiply-adds a kernel runs on the calling thread: waking a team costs more than it saves,
+// and much more on a loaded machine where a descheduled thread stalls every barrier.
+constexpr double kParallelWork = 4e6;
+
 typedef float v4 __attribute__((vector_size(16)));
 
 inline v4 load4(const float* p) {
@@ -49,7 +53,7 @@ void gemm_nn(int M, int N, int K, const float* A, long lda, const float* B, long
              bool accumulate) {
   constexpr int MB = 4;
   const int blocks = (M + MB - 1) / MB;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (double(M) * N * K >= kParallelWork)
   for (int blk = 0; blk < blocks; ++blk) {
     const int m0 = blk * MB, rows = std::min(MB, M - m0);
     int n0 = 0;
@@ -73,7 +77,7 @@ void gemm_nn(int M, int N, int K, const float* A, long lda, const float* B, long
 
 void transpose(const float* in, int rows, int cols, float* out) {
   constexpr int T = 32;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (double(rows) * cols >= 16 * kParallelWork)
   for (int c0 = 0; c0 < cols; c0 += T)
     for (int r0 = 0; r0 < rows; r0 += T)
       for (int c = c0; c < std::min(cols, c0 + T); ++c)
@@ -85,7 +89,6 @@ void linear_forward(const float* x, const float* W, const float* b, int M, int N
   transpose(W, N, K, wt.data());  // [K, N]
   gemm_nn(M, N, K, x, K, wt.data(), N, y, N, false);
   if (b)
-#pragma omp parallel for schedule(static)
     for (int m = 0; m < M; ++m)
       for (int n = 0; n < N; ++n) y[size_t(m) * N + n] += b[n];
 }

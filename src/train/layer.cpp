@@ -34,6 +34,9 @@ template void linear_backward<double>(const double*, const double*, const double
 
 namespace {
 
+// Multiply-adds below which a loop stays on the calling thread (see fast_ops.cpp).
+constexpr double kParallelWork = 4e6;
+
 template <class T>
 Param<T> make_param(const std::string& name, std::vector<int64_t> shape, typename Param<T>::Kind kind) {
   Param<T> p;
@@ -150,17 +153,21 @@ void PerceiverLayer<T>::forward(const T* x, const T* kv, int batch, int nq, int 
     kv_dim = s.kv_dim;
   }
   resize(c.q, size_t(rq) * s.qk_channels);
-  resize(c.k, size_t(rk) * s.qk_channels);
-  resize(c.v, size_t(rk) * s.v_channels);
   linear_forward(c.x_ln.data(), q_w_.value.data(), q_b_.value.data(), rq, s.qk_channels, s.q_dim, c.q.data());
-  linear_forward(kv_in, k_w_.value.data(), k_b_.value.data(), rk, s.qk_channels, kv_dim, c.k.data());
-  linear_forward(kv_in, v_w_.value.data(), v_b_.value.data(), rk, s.v_channels, kv_dim, c.v.data());
-
-  ref::AttentionShape as{batch, s.heads, nq, nk, s.qk_channels / s.heads, s.v_channels / s.heads,
-                         1.0 / std::sqrt(double(s.qk_channels / s.heads))};
   resize(c.probs, size_t(batch) * s.heads * nq * nk);
   resize(c.ctx, size_t(rq) * s.v_channels);
-  ref::attention_forward(as, c.q.data(), c.k.data(), c.v.data(), c.ctx.data(), c.probs.data());
+  c.folded = uses_query_folding(nq);
+  if (c.folded) {
+    attend_folded(c);
+  } else {
+    resize(c.k, size_t(rk) * s.qk_channels);
+    resize(c.v, size_t(rk) * s.v_channels);
+    linear_forward(kv_in, k_w_.value.data(), k_b_.value.data(), rk, s.qk_channels, kv_dim, c.k.data());
+    linear_forward(kv_in, v_w_.value.data(), v_b_.value.data(), rk, s.v_channels, kv_dim, c.v.data());
+    ref::AttentionShape as{batch, s.heads, nq, nk, s.qk_channels / s.heads, s.v_channels / s.heads,
+                           1.0 / std::sqrt(double(s.qk_channels / s.heads))};
+    ref::attention_forward(as, c.q.data(), c.k.data(), c.v.data(), c.ctx.data(), c.probs.data());
+  }
 
   resize(c.a, size_t(rq) * s.q_dim);
   linear_forward(c.ctx.data(), o_w_.value.data(), o_b_.value.data(), rq, s.q_dim, s.v_channels, c.a.data());
@@ -205,13 +212,24 @@ void PerceiverLayer<T>::backward(const Cache& c, const T* dout, T* dx, T* dkv) {
   linear_backward(c.ctx.data(), o_w_.value.data(), da.data(), rq, s.q_dim, s.v_channels, dctx.data(),
                   o_w_.grad.data(), o_b_.grad.data());
 
+  std::vector<T> dq(c.q.size(), T(0)), dx_ln(size_t(rq) * s.q_dim, T(0));
+  if (c.folded) {
+    std::vector<T> dkv_ln(size_t(rk) * kv_dim, T(0));
+    attend_folded_backward(c, dctx.data(), dq.data(), dkv_ln.data());
+    linear_backward(c.x_ln.data(), q_w_.value.data(), dq.data(), rq, s.qk_channels, s.q_dim, dx_ln.data(),
+                    q_w_.grad.data(), q_b_.grad.data());
+    ref::layer_norm_backward(c.kv, ln2_w_.value.data(), c.mean2.data(), c.rstd2.data(), dkv_ln.data(), rk, kv_dim,
+                             dkv, ln2_w_.grad.data(), ln2_b_.grad.data());
+    ref::layer_norm_backward(c.x, ln1_w_.value.data(), c.mean1.data(), c.rstd1.data(), dx_ln.data(), rq, s.q_dim,
+                             dx, ln1_w_.grad.data(), ln1_b_.grad.data());
+    return;
+  }
   ref::AttentionShape as{c.batch, s.heads, c.nq, c.nk, s.qk_channels / s.heads, s.v_channels / s.heads,
                          1.0 / std::sqrt(double(s.qk_channels / s.heads))};
-  std::vector<T> dq(c.q.size(), T(0)), dk(c.k.size(), T(0)), dv(c.v.size(), T(0));
+  std::vector<T> dk(c.k.size(), T(0)), dv(c.v.size(), T(0));
   ref::attention_backward(as, c.q.data(), c.k.data(), c.v.data(), c.probs.data(), dctx.data(), dq.data(), dk.data(),
                           dv.data());
 
-  std::vector<T> dx_ln(size_t(rq) * s.q_dim, T(0));
   linear_backward(c.x_ln.data(), q_w_.value.data(), dq.data(), rq, s.qk_channels, s.q_dim, dx_ln.data(),
                   q_w_.grad.data(), q_b_.grad.data());
   if (s.is_cross) {
@@ -230,6 +248,141 @@ void PerceiverLayer<T>::backward(const Cache& c, const T* dout, T* dx, T* dkv) {
   }
   ref::layer_norm_backward(c.x, ln1_w_.value.data(), c.mean1.data(), c.rstd1.data(), dx_ln.data(), rq, s.q_dim, dx,
                            ln1_w_.grad.data(), ln1_b_.grad.data());
+}
+
+// Folded cross-attention (see uses_query_folding). Per (b, h, i): qt = Wk_h^T q_h, s_j = scale qt . n_j,
+// p = softmax(s), nbar = sum_j p_j n_j, ctx_h = Wv_h nbar + bv_h. Parallel over the batch only.
+template <class T>
+void PerceiverLayer<T>::attend_folded(Cache& c) const {
+  const LayerShape& s = shape_;
+  const int H = s.heads, dqk = s.qk_channels / H, dv = s.v_channels / H, Dkv = s.kv_dim, nq = c.nq, nk = c.nk;
+  const T scale = T(1.0 / std::sqrt(double(dqk)));
+  resize(c.qt, size_t(c.batch) * H * nq * Dkv);
+  resize(c.nbar, c.qt.size());
+  const T* Wk = k_w_.value.data();
+  const T* Wv = v_w_.value.data();
+  const bool parallel = double(c.batch) * H * nq * (nk + dqk + dv) * Dkv >= kParallelWork;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int b = 0; b < c.batch; ++b)
+    for (int h = 0; h < H; ++h)
+      for (int i = 0; i < nq; ++i) {
+        const size_t bhi = (size_t(b) * H + h) * nq + i;
+        const T* q = &c.q[(size_t(b) * nq + i) * s.qk_channels + size_t(h) * dqk];
+        T* qt = &c.qt[bhi * Dkv];
+        std::fill(qt, qt + Dkv, T(0));
+        for (int r = 0; r < dqk; ++r) {
+          const T* w = Wk + size_t(h * dqk + r) * Dkv;
+          for (int d = 0; d < Dkv; ++d) qt[d] += q[r] * w[d];
+        }
+        T* p = &c.probs[bhi * nk];
+        T max_s = -INFINITY;
+        for (int j = 0; j < nk; ++j) {
+          const T* n = &c.kv_ln[(size_t(b) * nk + j) * Dkv];
+          T dot = 0;
+          for (int d = 0; d < Dkv; ++d) dot += qt[d] * n[d];
+          p[j] = dot * scale;
+          max_s = std::max(max_s, p[j]);
+        }
+        T sum = 0;
+        for (int j = 0; j < nk; ++j) sum += (p[j] = std::exp(p[j] - max_s));
+        for (int j = 0; j < nk; ++j) p[j] /= sum;
+        T* nbar = &c.nbar[bhi * Dkv];
+        std::fill(nbar, nbar + Dkv, T(0));
+        for (int j = 0; j < nk; ++j) {
+          const T* n = &c.kv_ln[(size_t(b) * nk + j) * Dkv];
+          for (int d = 0; d < Dkv; ++d) nbar[d] += p[j] * n[d];
+        }
+        T* ctx = &c.ctx[(size_t(b) * nq + i) * s.v_channels + size_t(h) * dv];
+        for (int e = 0; e < dv; ++e) {
+          const T* w = Wv + size_t(h * dv + e) * Dkv;
+          T acc = 0;
+          for (int d = 0; d < Dkv; ++d) acc += w[d] * nbar[d];
+          ctx[e] = acc + v_b_.value[h * dv + e];
+        }
+      }
+}
+
+// dctx: [B*nq, v]. Adds into dq [B*nq, qk], dkv_ln [B*nk, kv_dim], Wk/Wv/bv grads (bk's gradient is zero).
+template <class T>
+void PerceiverLayer<T>::attend_folded_backward(const Cache& c, const T* dctx, T* dq, T* dkv_ln) {
+  const LayerShape& s = shape_;
+  const int H = s.heads, dqk = s.qk_channels / H, dv = s.v_channels / H, Dkv = s.kv_dim, nq = c.nq, nk = c.nk;
+  const T scale = T(1.0 / std::sqrt(double(dqk)));
+  const T* Wk = k_w_.value.data();
+  const T* Wv = v_w_.value.data();
+  std::vector<T> dqt(c.qt.size());  // d loss / d qt, per (b, h, i)
+  const bool parallel = double(c.batch) * H * nq * (nk + dqk + dv) * Dkv >= kParallelWork;
+#pragma omp parallel if (parallel)
+  {
+    std::vector<T> dnbar(Dkv), ds(nk);
+#pragma omp for schedule(static)
+    for (int b = 0; b < c.batch; ++b)
+      for (int h = 0; h < H; ++h)
+        for (int i = 0; i < nq; ++i) {
+          const size_t bhi = (size_t(b) * H + h) * nq + i;
+          const T* dctx_h = dctx + (size_t(b) * nq + i) * s.v_channels + size_t(h) * dv;
+          std::fill(dnbar.begin(), dnbar.end(), T(0));
+          for (int e = 0; e < dv; ++e) {
+            const T* w = Wv + size_t(h * dv + e) * Dkv;
+            for (int d = 0; d < Dkv; ++d) dnbar[d] += dctx_h[e] * w[d];
+          }
+          const T* p = &c.probs[bhi * nk];
+          const T* qt = &c.qt[bhi * Dkv];
+          T dot_pdp = 0;
+          for (int j = 0; j < nk; ++j) {
+            const T* n = &c.kv_ln[(size_t(b) * nk + j) * Dkv];
+            T dp = 0;
+            for (int d = 0; d < Dkv; ++d) dp += dnbar[d] * n[d];
+            ds[j] = dp;
+            dot_pdp += p[j] * dp;
+          }
+          T* g = &dqt[bhi * Dkv];
+          std::fill(g, g + Dkv, T(0));
+          for (int j = 0; j < nk; ++j) {
+            ds[j] = p[j] * (ds[j] - dot_pdp) * scale;
+            const T* n = &c.kv_ln[(size_t(b) * nk + j) * Dkv];
+            T* dn = dkv_ln + (size_t(b) * nk + j) * Dkv;
+            for (int d = 0; d < Dkv; ++d) {
+              g[d] += ds[j] * n[d];
+              dn[d] += p[j] * dnbar[d] + ds[j] * qt[d];
+            }
+          }
+          T* dq_h = dq + (size_t(b) * nq + i) * s.qk_channels + size_t(h) * dqk;
+          for (int r = 0; r < dqk; ++r) {
+            const T* w = Wk + size_t(h * dqk + r) * Dkv;
+            T acc = 0;
+            for (int d = 0; d < Dkv; ++d) acc += w[d] * g[d];
+            dq_h[r] += acc;
+          }
+        }
+  }
+  // Weight gradients: sums over (b, i) in a fixed order; rows of the weight in parallel.
+  const int rows = c.batch * nq;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int r = 0; r < s.qk_channels; ++r) {
+    const int h = r / dqk;
+    T* gw = &k_w_.grad[size_t(r) * Dkv];
+    for (int bi = 0; bi < rows; ++bi) {
+      const int b = bi / nq, i = bi % nq;
+      const T qr = c.q[size_t(bi) * s.qk_channels + r];
+      const T* g = &dqt[((size_t(b) * H + h) * nq + i) * Dkv];
+      for (int d = 0; d < Dkv; ++d) gw[d] += qr * g[d];
+    }
+  }
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int r = 0; r < s.v_channels; ++r) {
+    const int h = r / dv;
+    T* gw = &v_w_.grad[size_t(r) * Dkv];
+    T gb = 0;
+    for (int bi = 0; bi < rows; ++bi) {
+      const int b = bi / nq, i = bi % nq;
+      const T g = dctx[size_t(bi) * s.v_channels + r];
+      const T* nbar = &c.nbar[((size_t(b) * H + h) * nq + i) * Dkv];
+      for (int d = 0; d < Dkv; ++d) gw[d] += g * nbar[d];
+      gb += g;
+    }
+    v_b_.grad[r] += gb;
+  }
 }
 
 template class PerceiverLayer<float>;

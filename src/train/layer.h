@@ -50,7 +50,19 @@ class PerceiverLayer {
   // params() order.
   void init_hf(Rng& rng, double std);
 
+  // Cross-attention with few queries (the decoder: one) never forms keys and values: with n_j = LN2(kv_j),
+  //   q . (Wk n_j + bk) = (Wk^T q) . n_j + const   and   sum_j p_j (Wv n_j + bv) = Wv (sum_j p_j n_j) + bv,
+  // which costs O(nk * kv_dim) per query and head instead of O(nk * kv_dim * (qk + v)) per image. The same
+  // function up to rounding; the gradient of the key bias is then exactly zero (as it is mathematically).
+  // Used when nq * heads * 4 <= qk_channels + v_channels, unless disabled (tests compare both paths).
+  void set_query_folding(bool allowed) { allow_folding_ = allowed; }
+  bool uses_query_folding(int nq) const {
+    return allow_folding_ && shape_.is_cross && nq * shape_.heads * 4 <= shape_.qk_channels + shape_.v_channels;
+  }
+
   struct Cache {
+    bool folded = false;
+    std::vector<T> qt, nbar;  // folded path: Wk_h^T q_h and sum_j p_j n_j, [batch, heads, nq, kv_dim]
     int batch = 0, nq = 0, nk = 0;
     const T* x = nullptr;   // the caller's inputs: must stay unchanged until backward()
     const T* kv = nullptr;
@@ -69,7 +81,11 @@ class PerceiverLayer {
   void backward(const Cache& cache, const T* dout, T* dx, T* dkv);
 
  private:
+  void attend_folded(Cache& c) const;
+  void attend_folded_backward(const Cache& c, const T* dctx, T* dq, T* dkv_ln);
+
   LayerShape shape_;
+  bool allow_folding_ = true;
   Param<T> ln1_w_, ln1_b_, ln2_w_, ln2_b_, q_w_, q_b_, k_w_, k_b_, v_w_, v_b_, o_w_, o_b_, ln3_w_, ln3_b_, m1_w_,
       m1_b_, m2_w_, m2_b_;
 };

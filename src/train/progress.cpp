@@ -1,5 +1,7 @@
 #include "train/progress.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -18,7 +20,8 @@ std::string format_duration(double seconds) {
 Progress::Progress(std::string label, int64_t total, bool enabled, std::FILE* out)
     : label_(std::move(label)), total_(std::max<int64_t>(total, 1)), enabled_(enabled), out_(out) {
   start_ = last_draw_ = std::chrono::steady_clock::now();
-  if (enabled_) draw(0, "");
+  interactive_ = enabled_ && ::isatty(::fileno(out_));
+  if (interactive_) draw(0, "");
 }
 
 Progress::~Progress() { finish(); }
@@ -29,7 +32,7 @@ double Progress::seconds() const {
 
 void Progress::update(int64_t done, const std::string& note) {
   last_done_ = done;
-  if (!enabled_ || finished_) return;
+  if (!interactive_ || finished_) return;
   const auto now = std::chrono::steady_clock::now();
   if (done < total_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
   last_draw_ = now;

@@ -1,4 +1,5 @@
-// A one-line progress bar on stderr, redrawn with '\r' at most ~10 times a second.
+// A one-line progress bar on stderr, redrawn with '\r' at most ~10 times a second. When the stream is not a
+// terminal (a log file, CI), only the final line is written.
 #pragma once
 
 #include <chrono>
@@ -25,7 +26,7 @@ class Progress {
   void draw(int64_t done, const std::string& note);
   std::string label_;
   int64_t total_;
-  bool enabled_, finished_ = false;
+  bool enabled_, interactive_ = false, finished_ = false;
   std::FILE* out_;
   std::chrono::steady_clock::time_point start_, last_draw_;
   int64_t last_done_ = 0;

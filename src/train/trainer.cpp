@@ -17,7 +17,6 @@ void gather(const FeatureStore& features, const std::vector<int64_t>& idx, size_
             std::vector<float>* out) {
   const size_t row = size_t(features.row_floats());
   out->resize(size_t(n) * row);
-#pragma omp parallel for schedule(static)
   for (int i = 0; i < n; ++i) std::memcpy(out->data() + size_t(i) * row, features.row(idx[first + i]), row * sizeof(float));
 }
 
@@ -42,7 +41,6 @@ class AdamW {
       const double wd = decay ? o_.weight_decay : 0.0;
       float* m = m_[i].data();
       float* v = v_[i].data();
-#pragma omp parallel for schedule(static)
       for (size_t j = 0; j < p.size(); ++j) {
         const double g = p.grad[j];
         double w = p.value[j];
