@@ -9,12 +9,11 @@ ONNX (opset 14); then, per round, run ORT, perceiver.cpp, ORT, PyTorch, each as 
 warm-up (the machine is noisy, so the engines alternate). Prints the table and the speed ratios.
 
 Needs: Debian's /usr/bin/python3 with python3-torch; node with onnxruntime-node installed in bench/
-(cd bench && ONNXRUNTIME_NODE_INSTALL=skip npm install); a built perceiver (--perceiver, default: the newest
-build*/bin/perceiver). The PyTorch process alone runs with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset: this
+(cd bench && ONNXRUNTIME_NODE_INSTALL=skip npm install); a Release build of perceiver (--perceiver; default
+$PERCEIVER_BIN, else build/bin/perceiver). The PyTorch process alone runs with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset: this
 machine's environment pins OpenBLAS (which Debian's PyTorch uses) to its Haswell kernels, which halves it.
 """
 import argparse
-import glob
 import json
 import os
 import statistics
@@ -34,10 +33,12 @@ def run_json(cmd, env=None):
 
 
 def find_perceiver():
-    found = [p for p in glob.glob(os.path.join(ROOT, "build*", "bin", "perceiver")) if os.access(p, os.X_OK)]
-    if not found:
-        sys.exit("no built perceiver found (build*/bin/perceiver); pass --perceiver")
-    return max(found, key=os.path.getmtime)
+    """$PERCEIVER_BIN, else build/bin/perceiver (other build folders may hold other configurations)."""
+    for p in (os.environ.get("PERCEIVER_BIN"), os.path.join(ROOT, "build", "bin", "perceiver")):
+        if p and os.access(p, os.X_OK):
+            return p
+    sys.exit("no perceiver binary: build it (cmake -B build && cmake --build build --target perceiver_cli), or "
+             "pass --perceiver PATH / set PERCEIVER_BIN")
 
 
 def main():
@@ -53,6 +54,7 @@ def main():
     ap.add_argument("--skip-validate", action="store_true")
     args = ap.parse_args()
     perceiver = args.perceiver or find_perceiver()
+    print(f"perceiver.cpp binary: {perceiver}", flush=True)
 
     if not args.skip_validate:
         print("validating the PyTorch twin against ../shared/vectors ...", flush=True)

@@ -59,11 +59,12 @@ for t in $targets; do
   echo "=== $t: ${seconds}s"
   extra=("${parallel[@]}")
   if [ -f "fuzz/dicts/$t.dict" ]; then extra+=(-dict="$root/fuzz/dicts/$t.dict"); fi
-  # -rss_limit_mb / -malloc_limit_mb: a parser that allocates what a small input merely claims is a bug.
+  # -malloc_limit_mb: inputs are <= 256 KiB and decoded images <= 2 Mpixel, so a single allocation over 256 MiB
+  # means a parser allocated what a small input merely claims: a bug.
   # Crash reproducers are written to $logs (crash-*, oom-*, timeout-*, leak-*).
   if ! (cd "$logs" && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-        "$build/bin/$t" "${extra[@]}" -max_total_time="$seconds" -rss_limit_mb=2560 \
-        -malloc_limit_mb=2048 -timeout=20 -max_len=262144 -print_final_stats=1 "$work/$t" \
+        "$build/bin/$t" "${extra[@]}" -max_total_time="$seconds" -rss_limit_mb=2048 \
+        -malloc_limit_mb=256 -timeout=20 -max_len=262144 -print_final_stats=1 "$work/$t" \
         >"$t.log" 2>&1); then
     echo "FAILED: $t (log: $logs/$t.log)"
     grep -E "ERROR|SUMMARY|Test unit written|runtime error" "$logs/$t.log" | head -20 || true

@@ -226,6 +226,23 @@ PngResult decode_frame(ReadState* state, ImageU8* out, std::vector<uint8_t>* pix
   return result;
 }
 
+// libpng buffers an ancillary chunk whole, allocating its declared length before reading it (a length over the
+// chunk limit is only a benign error): a 100-byte file could make it allocate 2 GiB. A chunk whose declared
+// extent runs past the end of the file can only end in running out of data; libpng is handed the bytes before
+// it, and runs out there instead, with the same outcome and without the allocation. (IDAT is streamed.)
+size_t usable_prefix(const uint8_t* data, size_t size) {
+  if (size < 8) return size;
+  for (size_t pos = 8; size - pos >= 8;) {
+    const uint32_t length = be32(data + pos);
+    if (length > 0x7fffffffu) break;  // refused by libpng when it reads the chunk header
+    const bool idat = std::memcmp(data + pos + 4, "IDAT", 4) == 0;
+    if (uint64_t(length) + 12 > size - pos) return idat ? size : pos;
+    if (std::memcmp(data + pos + 4, "IEND", 4) == 0) break;
+    pos += 12 + size_t(length);
+  }
+  return size;
+}
+
 }  // namespace
 
 Decoded decode_png(const uint8_t* data, size_t size, const std::string& name, const DecodeOptions& options) {
@@ -234,7 +251,7 @@ Decoded decode_png(const uint8_t* data, size_t size, const std::string& name, co
     check_declared_size(be32(data + 16), be32(data + 20), name, options);
   ReadState state{};
   state.data = data;
-  state.size = size;
+  state.size = usable_prefix(data, size);
   state.pos = 0;
   state.ran_out = false;
   Decoded decoded;
