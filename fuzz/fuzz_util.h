@@ -15,13 +15,22 @@
 
 namespace perceiver::fuzz {
 
-// The path-based readers (mmap, libzip, read(2)) need a real file: one per process, rewritten per input.
+// The path-based readers (mmap, libzip, read(2)) need a real file: one per process, rewritten per input and
+// removed at exit.
+struct ScratchFile {
+  std::filesystem::path path;
+  ~ScratchFile() {
+    std::error_code ec;
+    std::filesystem::remove(path, ec);
+  }
+};
+
 inline const std::filesystem::path& scratch_file(const char* tag) {
-  static const std::filesystem::path path = [&] {
+  static const ScratchFile file{[&] {
     std::filesystem::path dir = std::filesystem::exists("/dev/shm") ? "/dev/shm" : "/tmp";
     return dir / ("perceiver-fuzz-" + std::string(tag) + "-" + std::to_string(::getpid()));
-  }();
-  return path;
+  }()};
+  return file.path;
 }
 
 inline const std::filesystem::path& write_scratch(const char* tag, const uint8_t* data, size_t size) {

@@ -3,9 +3,9 @@
 // online softmax, one-pass vectorised LayerNorm. One thread pool: oneDNN (Debian's build) threads with OpenMP,
 // and so do the loops here, with the same thread count.
 //
-// Run-time dispatch: make_fast_backend() returns nullptr unless the CPU has AVX-512 (F/BW/DQ/VL), which the
-// hand-written kernels in fast_kernels.cpp need; oneDNN picks its own ISA (avx512_core, avx512_core_bf16,
-// avx512_core_amx) at run time. Nothing here is compiled with -mavx512*.
+// Run-time dispatch: oneDNN picks its own ISA (avx2, avx512_core, avx512_core_bf16, avx512_core_amx) at run
+// time; the hand-written kernels in fast_kernels.cpp use AVX-512 when the CPU has it and portable loops
+// otherwise. Nothing here is compiled with -mavx512*. bf16 needs AVX-512 (oneDNN 2.6 has no bf16 GEMM below).
 //
 // Scratch memory (bf16 copies of GEMM inputs, per-head Q/K/V, per-thread score tiles, oneDNN scratchpads)
 // only grows: it is sized the first time a shape is seen, so a second forward() of the same shape allocates
@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <dnnl.hpp>
 #include <mutex>
@@ -151,6 +152,8 @@ class FastBackend final : public Backend {
 
   std::unique_ptr<PackedLinear> pack_linear(const float* weight, const float* bias, int out_features,
                                             int in_features, Precision precision) override {
+    if (precision == Precision::bf16 && (!fast::cpu_has_avx512() || std::getenv("PERCEIVER_DISABLE_AVX512")))
+      throw Error(ErrorKind::usage, "--precision bf16 needs a CPU with AVX-512; this one has none (use fp32)");
     ThreadCount tc(threads_);
     auto w = std::make_unique<FastLinear>();
     w->in_features = in_features;
@@ -423,7 +426,10 @@ void FastBackend::attention(const AttentionArgs& a) {
 }  // namespace
 
 std::unique_ptr<Backend> make_fast_backend(int threads) {
-  if (!fast::cpu_has_avx512()) return nullptr;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("sse4.1")) return nullptr;  // oneDNN's x64 minimum
+#endif
   return std::make_unique<FastBackend>(threads);
 }
 

@@ -9,26 +9,40 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
+
+#include "kernels/numerics.h"
 
 #define PCV_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma")))
 
 namespace perceiver::fast {
 
 bool cpu_has_avx512() {
+#if !defined(__x86_64__)
+  return false;
+#else
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#endif
 }
 
 bool cpu_has_avx512_bf16() {
   if (!cpu_has_avx512()) return false;
+#if defined(__x86_64__)
   // CPUID leaf 7 sub-leaf 1, EAX bit 5: AVX512_BF16 (GCC 12's __builtin_cpu_supports does not know it).
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(1));
   return (eax >> 5) & 1u;
+#else
+  return false;
+#endif
 }
 
+namespace avx512 {
 namespace {
 
 PCV_AVX512 inline __mmask16 tail_mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
@@ -155,8 +169,6 @@ PCV_AVX512 void scale_add(const float* x, int n, float a, float* y) {
 
 PCV_AVX512 void scale_inplace(float* y, int n, float a) { scale_copy(y, n, a, y); }
 
-namespace {
-
 // Round to nearest even with integer arithmetic (AVX-512F only): bits + 0x7fff + lsb, NaNs kept quiet.
 PCV_AVX512 inline __m256i bf16_round_avx512(__m512 v) {
   const __m512i u = _mm512_castps_si512(v);
@@ -177,10 +189,72 @@ PCV_AVX512 void to_bf16_avx512(const float* x, long n, uint16_t* y) {
   }
 }
 
-}  // namespace
+}  // namespace avx512
 
+// Portable versions for CPUs without AVX-512 (the compiler vectorises them for the baseline ISA).
+namespace portable {
+
+void layer_norm_row(const float* x, int n, const float* gamma, const float* beta, float eps, float* y) {
+  float sum = 0;
+  for (int j = 0; j < n; ++j) sum += x[j];
+  const float mean = sum / static_cast<float>(n);
+  float sq = 0;
+  for (int j = 0; j < n; ++j) sq += (x[j] - mean) * (x[j] - mean);
+  const float inv = 1.0f / std::sqrt(sq / static_cast<float>(n) + eps);
+  for (int j = 0; j < n; ++j) y[j] = (x[j] - mean) * inv * gamma[j] + beta[j];
+}
+
+float row_max_scaled(const float* x, int n, float scale) {
+  float m = -INFINITY;
+  for (int j = 0; j < n; ++j) m = std::max(m, x[j] * scale);
+  return m;
+}
+
+float exp_scaled_shifted_sum(float* x, int n, float scale, float shift) {
+  float sum = 0;
+  for (int j = 0; j < n; ++j) sum += (x[j] = std::exp(x[j] * scale - shift));
+  return sum;
+}
+
+void scale_copy(const float* x, int n, float a, float* y) {
+  for (int j = 0; j < n; ++j) y[j] = x[j] * a;
+}
+void scale_add(const float* x, int n, float a, float* y) {
+  for (int j = 0; j < n; ++j) y[j] = y[j] * a + x[j];
+}
+void to_bf16(const float* x, long n, uint16_t* y) {
+  for (long j = 0; j < n; ++j) y[j] = float_to_bf16_bits(x[j]);
+}
+
+}  // namespace portable
+
+// Dispatch once per process on what this CPU supports. PERCEIVER_DISABLE_AVX512=1 forces the portable loops
+// (tests use it, with ONEDNN_MAX_CPU_ISA=AVX2, to check the path other CPUs take).
+namespace {
+const bool kUseAvx512 = cpu_has_avx512() && !std::getenv("PERCEIVER_DISABLE_AVX512");
+}
+
+void layer_norm_row(const float* x, int n, const float* gamma, const float* beta, float eps, float* y) {
+  kUseAvx512 ? avx512::layer_norm_row(x, n, gamma, beta, eps, y) : portable::layer_norm_row(x, n, gamma, beta, eps, y);
+}
+float row_max_scaled(const float* x, int n, float scale) {
+  return kUseAvx512 ? avx512::row_max_scaled(x, n, scale) : portable::row_max_scaled(x, n, scale);
+}
+float exp_scaled_shifted_sum(float* x, int n, float scale, float shift) {
+  return kUseAvx512 ? avx512::exp_scaled_shifted_sum(x, n, scale, shift)
+                    : portable::exp_scaled_shifted_sum(x, n, scale, shift);
+}
+void scale_copy(const float* x, int n, float a, float* y) {
+  kUseAvx512 ? avx512::scale_copy(x, n, a, y) : portable::scale_copy(x, n, a, y);
+}
+void scale_add(const float* x, int n, float a, float* y) {
+  kUseAvx512 ? avx512::scale_add(x, n, a, y) : portable::scale_add(x, n, a, y);
+}
+void scale_inplace(float* y, int n, float a) { scale_copy(y, n, a, y); }
 // The integer path rather than vcvtneps2bf16 (which flushes denormal inputs to zero): bit-identical to the
 // reference backend's emulation, and the conversion is memory-bound either way.
-void to_bf16(const float* x, long n, uint16_t* y) { to_bf16_avx512(x, n, y); }
+void to_bf16(const float* x, long n, uint16_t* y) {
+  kUseAvx512 ? avx512::to_bf16_avx512(x, n, y) : portable::to_bf16(x, n, y);
+}
 
 }  // namespace perceiver::fast

@@ -1,6 +1,6 @@
-// Vector kernels of the fast backend, hand-written for AVX-512 (F, BW, DQ, VL). The build does not assume
-// AVX-512: each function is compiled for it with __attribute__((target)), and the fast backend only calls them
-// after cpu_has_avx512() said yes at run time. Tails (n not a multiple of 16) use masked loads and stores.
+// Vector kernels of the fast backend, hand-written for AVX-512 (F, BW, DQ, VL), with portable fallbacks. The
+// build does not assume AVX-512: the AVX-512 versions are compiled for it with __attribute__((target)) and
+// each function below picks its version once per process from cpu_has_avx512().
 #pragma once
 
 #include <cstdint>
@@ -10,7 +10,6 @@ namespace perceiver::fast {
 bool cpu_has_avx512();       // avx512f + avx512bw + avx512dq + avx512vl
 bool cpu_has_avx512_bf16();  // vcvtneps2bf16
 
-// Everything below requires cpu_has_avx512().
 
 // y = (x - mean) / sqrt(var + eps) * gamma + beta over one row of n values (biased variance). y may alias x.
 void layer_norm_row(const float* x, int n, const float* gamma, const float* beta, float eps, float* y);
