@@ -27,6 +27,13 @@ struct ClassifyArgs {
   int64_t max_image_pixels = DecodeOptions{}.max_pixels;
 };
 
+// Labels come from config.json: control characters (terminal escapes) are shown as '?' in text output.
+std::string printable_label(std::string label) {
+  for (char& ch : label)
+    if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ch = '?';
+  return label;
+}
+
 struct Prediction {
   std::vector<int> ids;
   std::vector<double> probabilities;
@@ -70,7 +77,7 @@ void print_prediction(const ClassifyArgs& args, const ModelInfo& info, const std
     for (size_t i = 0; i < pred.ids.size(); ++i) {
       char line[64];
       std::snprintf(line, sizeof line, "  %6.2f%%  ", 100.0 * pred.probabilities[i]);
-      std::cout << line << info.labels[pred.ids[i]] << "\n";
+      std::cout << line << printable_label(info.labels[pred.ids[i]]) << "\n";
     }
   }
 }

@@ -61,12 +61,19 @@ void run_embed(const EmbedArgs& args) {
 
   if (!args.out.empty()) {
     const std::filesystem::path out = args.out;
-    write_npy_f32(out, shape, features.data());
     std::string list;
     for (const auto& f : files) list += f.string() + "\n";
     std::filesystem::path sidecar = out;
     sidecar.replace_extension(".txt");
+    // Both files or neither: the sidecar first, removed again if the features cannot be written.
     write_file_atomic(sidecar, list);
+    try {
+      write_npy_f32(out, shape, features.data());
+    } catch (...) {
+      std::error_code ec;
+      std::filesystem::remove(sidecar, ec);
+      throw;
+    }
   }
   if (args.json) {
     const size_t per_image = features.size() / size_t(n);
