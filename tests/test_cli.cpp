@@ -10,11 +10,7 @@ namespace perceiver {
 namespace {
 
 std::string cli() { return test::cli_path().string(); }
-std::string quote(const std::filesystem::path& p) {
-  std::string s = "'";
-  s.append(p.string()).push_back('\'');
-  return s;
-}
+std::string quote(const std::filesystem::path& p) { return test::shell_quote(p); }
 
 TEST(Cli, ClassifyPixelsReproducesHuggingFaceLogitsFromBothWeightFiles) {
   for (std::string variant : {"conv-tiny", "fourier-tiny", "learned-tiny"})

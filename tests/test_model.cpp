@@ -1,10 +1,12 @@
 // Golden tests: every intermediate and the logits of the three architectures against Hugging Face PyTorch,
 // from both weight formats, on both backends. Tolerance: max|got - want| <= 1e-4 * max(1, max|want|).
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 
 #include "formats/npy.h"
+#include "model/position_encoding.h"
 #include "perceiver/perceiver.h"
 #include "test_util.h"
 
@@ -116,6 +118,41 @@ TEST(Model, RefusesInputSizesTheModelCannotTake) {
   auto conv = Model::load(test::vectors_dir() / "conv-tiny");
   EXPECT_THROW(conv->check_input_size(4, 32), Error);
   EXPECT_THROW(conv->check_input_size(0, 32), Error);
+}
+
+// linspace_f32 reproduces torch.linspace bit for bit (values written by tests/data/make_torch_linspace.py).
+TEST(PositionEncoding, LinspaceMatchesTorchBitForBit) {
+  int files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(test::source_dir() / "tests/data/torch_linspace")) {
+    const std::string name = entry.path().stem().string();  // linspace_<start>_<end>_<steps>
+    float start, end;
+    int steps;
+    ASSERT_EQ(std::sscanf(name.c_str(), "linspace_%f_%f_%d", &start, &end, &steps), 3) << name;
+    std::vector<float> want = read_npy(entry.path()).to_f32();
+    std::vector<float> got = linspace_f32(start, end, steps);
+    ASSERT_EQ(got.size(), want.size()) << name;
+    for (int i = 0; i < steps; ++i) EXPECT_EQ(got[i], want[i]) << name << " [" << i << "]";
+    ++files;
+  }
+  EXPECT_GE(files, 8);
+}
+
+// The Fourier features equal HF's (the position channels of preproc_output) to 1 ulp of sin/cos.
+TEST(PositionEncoding, FourierFeaturesMatchHuggingFace) {
+  struct Case {
+    const char* variant;
+    int h, w, max_resolution, offset;
+  };
+  for (const Case& c : {Case{"fourier-tiny", 16, 12, 224, 3}, Case{"conv-tiny", 7, 7, 56, 64}}) {
+    NpyArray want = read_npy(test::vectors_dir() / c.variant / "preproc_output.npy");
+    ASSERT_EQ(want.shape[1], c.h * c.w);
+    const int channels = static_cast<int>(want.shape[2]);
+    std::vector<float> all = want.to_f32(), expected;
+    for (int t = 0; t < c.h * c.w; ++t)
+      expected.insert(expected.end(), all.begin() + t * channels + c.offset, all.begin() + (t + 1) * channels);
+    std::vector<float> got = fourier_position_encoding(c.h, c.w, c.max_resolution, c.max_resolution, 64);
+    EXPECT_TRUE(test::AllCloseScaled(got, expected, 1.2e-7)) << c.variant;
+  }
 }
 
 TEST(Model, ReportsParameterCountFromManifest) {

@@ -11,11 +11,7 @@ namespace perceiver {
 namespace {
 
 std::string cli() { return test::cli_path().string(); }
-std::string quote(const std::filesystem::path& p) {
-  std::string s = "'";
-  s.append(p.string()).push_back('\'');
-  return s;
-}
+std::string quote(const std::filesystem::path& p) { return test::shell_quote(p); }
 std::string read_all(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
   std::ostringstream s;

@@ -65,6 +65,12 @@ std::filesystem::path temp_dir(const std::string& tag) {
                                        << " (got " << got[worst] << ", want " << want[worst] << ")";
 }
 
+std::string shell_quote(const std::filesystem::path& path) {
+  std::string s = "'";
+  s.append(path.string()).push_back('\'');
+  return s;
+}
+
 int run_command(const std::string& command, std::string* output) {
   std::string full = command + " 2>&1";
   FILE* pipe = popen(full.c_str(), "r");

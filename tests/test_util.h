@@ -22,6 +22,9 @@ std::filesystem::path temp_dir(const std::string& tag);
 ::testing::AssertionResult AllCloseScaled(const std::vector<float>& got, const std::vector<float>& want,
                                           double rel_tol);
 
+// A path in single quotes for a shell command line.
+std::string shell_quote(const std::filesystem::path& path);
+
 // Runs a shell command, returns its exit status; stdout+stderr captured into *output when non-null.
 int run_command(const std::string& command, std::string* output = nullptr);
 
