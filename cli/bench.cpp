@@ -3,7 +3,6 @@
 //   perceiver bench --model DIR --json       a model directory (or hub repo id), one JSON object on stdout
 #include <omp.h>
 #include <sys/resource.h>
-
 #include <time.h>
 
 #include <algorithm>
@@ -186,19 +185,25 @@ void run_bench(const BenchArgs& args) {
 void register_bench(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();
   CLI::App* cmd = app.add_subcommand(
-      "bench", "Time the forward pass: latency, images/s, GFLOP/s, peak RSS, load time.\n"
-               "Without --model: a full-size random-weight conv model (deepmind/vision-perceiver-conv shapes).");
-  cmd->add_option("-m,--model", args->model, "Model directory or hub repo id (default: random conv model in memory)");
-  cmd->add_option("--weights", args->weights, "Weights file to use (default: model.safetensors, else pytorch_model.bin)");
+      "bench",
+      "Time the forward pass: latency, images/s, GFLOP/s, peak RSS, load time.\n"
+      "Without --model: a full-size random-weight conv model (deepmind/vision-perceiver-conv shapes).");
+  cmd->add_option("-m,--model", args->model,
+                  "Model directory or hub repo id (default: random conv model in memory)");
+  cmd->add_option("--weights", args->weights,
+                  "Weights file to use (default: model.safetensors, else pytorch_model.bin)");
   cmd->add_option("--revision", args->revision, "Hub revision (default: main)");
   cmd->add_option("--precision", args->precision, "fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}));
   cmd->add_option("--backend", args->backend, "auto, fast or reference")
       ->check(CLI::IsMember({"auto", "fast", "reference"}));
   cmd->add_option("-t,--threads", args->threads, "Threads (default: all cores)")->check(CLI::Range(0, 1024));
-  cmd->add_option("-b,--batch", args->batch, "Images per forward pass (default 1)")->check(CLI::Range(1, 4096));
+  cmd->add_option("-b,--batch", args->batch, "Images per forward pass (default 1)")
+      ->check(CLI::Range(1, 4096));
   cmd->add_option("-n,--iters", args->iters, "Timed iterations (default 10)")->check(CLI::Range(1, 100000));
-  cmd->add_option("--warmup", args->warmup, "Untimed warm-up iterations (default 2)")->check(CLI::Range(0, 100000));
-  cmd->add_option("--size", args->size, "Square input side in pixels (default 224)")->check(CLI::Range(5, 8192));
+  cmd->add_option("--warmup", args->warmup, "Untimed warm-up iterations (default 2)")
+      ->check(CLI::Range(0, 100000));
+  cmd->add_option("--size", args->size, "Square input side in pixels (default 224)")
+      ->check(CLI::Range(5, 8192));
   cmd->add_flag("--json", args->json, "Print one JSON object instead of text");
   cmd->add_flag("-q,--quiet", args->quiet, "No download progress");
   cmd->callback([args]() { run_bench(*args); });

@@ -91,8 +91,9 @@ bool all_finite(const std::vector<float>& values) {
 // Finite inputs, non-finite logits: the weights hold NaN/Inf (or overflow); no made-up probabilities.
 void check_logits(const std::vector<float>& logits, const std::filesystem::path& model_dir) {
   if (!all_finite(logits))
-    throw Error(ErrorKind::model, model_dir.string() + ": the model computed NaN or infinite logits (its weights "
-                                                       "hold NaN or infinite values, or overflow)");
+    throw Error(ErrorKind::model, model_dir.string() +
+                                      ": the model computed NaN or infinite logits (its weights "
+                                      "hold NaN or infinite values, or overflow)");
 }
 
 void run_classify(const ClassifyArgs& args) {
@@ -108,7 +109,8 @@ void run_classify(const ClassifyArgs& args) {
     if (pixel_array.shape.size() != 4 || pixel_array.shape[1] != 3 || pixel_array.shape[0] < 1)
       throw Error(ErrorKind::bad_input, args.pixels + ": expected float32 pixels [B, 3, H, W]");
     if (pixel_array.dtype != "f4")
-      throw Error(ErrorKind::bad_input, args.pixels + ": expected dtype float32, found '" + pixel_array.dtype + "'");
+      throw Error(ErrorKind::bad_input,
+                  args.pixels + ": expected dtype float32, found '" + pixel_array.dtype + "'");
   } else {
     files = expand_image_args(args.images);
   }
@@ -126,12 +128,14 @@ void run_classify(const ClassifyArgs& args) {
               W = static_cast<int>(pixel_array.shape[3]);
     naming_file(args.pixels, [&] { model->check_input_size(H, W); });
     std::vector<float> pixels = pixel_array.to_f32();
-    if (!all_finite(pixels)) throw Error(ErrorKind::bad_input, args.pixels + ": holds NaN or infinite values");
+    if (!all_finite(pixels))
+      throw Error(ErrorKind::bad_input, args.pixels + ": holds NaN or infinite values");
     all_logits.resize(size_t(B) * num_labels);
     model->classify(pixels.data(), B, H, W, all_logits.data());
     check_logits(all_logits, dir);
     if (!args.logits_out.empty()) write_npy_f32(args.logits_out, {B, num_labels}, all_logits.data());
-    for (int b = 0; b < B; ++b) print_prediction(args, info, args.pixels, b, &all_logits[size_t(b) * num_labels]);
+    for (int b = 0; b < B; ++b)
+      print_prediction(args, info, args.pixels, b, &all_logits[size_t(b) * num_labels]);
     return;
   }
 
@@ -165,7 +169,8 @@ void run_classify(const ClassifyArgs& args) {
     model->classify(batch_pixels.data(), count, H, W, batch_logits.data());
     check_logits(batch_logits, dir);
     for (int b = 0; b < count; ++b)
-      print_prediction(args, info, files[next - count + b].string(), -1, &batch_logits[size_t(b) * num_labels]);
+      print_prediction(args, info, files[next - count + b].string(), -1,
+                       &batch_logits[size_t(b) * num_labels]);
     std::cout.flush();
     all_logits.insert(all_logits.end(), batch_logits.begin(), batch_logits.end());
   }
@@ -177,18 +182,22 @@ void run_classify(const ClassifyArgs& args) {
 
 void register_classify(CLI::App& app) {
   auto args = std::make_shared<ClassifyArgs>();
-  CLI::App* cmd = app.add_subcommand("classify", "Classify images (or preprocessed pixels) and print the top-k labels");
+  CLI::App* cmd =
+      app.add_subcommand("classify", "Classify images (or preprocessed pixels) and print the top-k labels");
   args->model.add_to(cmd);
-  cmd->add_option("images", args->images, "Image files (JPEG, PNG, WebP) or folders of images (sorted order)");
+  cmd->add_option("images", args->images,
+                  "Image files (JPEG, PNG, WebP) or folders of images (sorted order)");
   cmd->add_option("--pixels", args->pixels, "Preprocessed float32 pixels [B,3,H,W] (.npy) instead of images");
-  cmd->add_option("--logits-out", args->logits_out, "Write float32 logits [num_images, num_labels] to this .npy");
+  cmd->add_option("--logits-out", args->logits_out,
+                  "Write float32 logits [num_images, num_labels] to this .npy");
   cmd->add_option("-k,--top-k", args->top_k, "Labels printed per image (default 5)");
   cmd->add_option("-b,--batch-size", args->batch_size, "Images per forward pass (default 8)");
   cmd->add_flag("--json", args->json, "One JSON object per image: file, labels, label_ids, probabilities");
   cmd->add_flag("--preprocess-defaults", args->preprocess_defaults,
                 "Without preprocessor_config.json, use PerceiverImageProcessor's defaults");
-  cmd->add_option("--max-image-pixels", args->max_image_pixels,
-                  "Refuse images above twice this many pixels, as Pillow does (default 89478485; 0: no limit)")
+  cmd->add_option(
+         "--max-image-pixels", args->max_image_pixels,
+         "Refuse images above twice this many pixels, as Pillow does (default 89478485; 0: no limit)")
       ->check(CLI::NonNegativeNumber);
   cmd->callback([args]() { run_classify(*args); });
 }

@@ -10,9 +10,11 @@
 namespace perceiver::cli {
 
 void ModelArgs::add_to(CLI::App* app) {
-  app->add_option("-m,--model", model, "Model directory, or a Hugging Face hub repo id (e.g. deepmind/vision-perceiver-conv)")
+  app->add_option("-m,--model", model,
+                  "Model directory, or a Hugging Face hub repo id (e.g. deepmind/vision-perceiver-conv)")
       ->required();
-  app->add_option("--weights", weights, "Weights file to use (default: model.safetensors, else pytorch_model.bin)");
+  app->add_option("--weights", weights,
+                  "Weights file to use (default: model.safetensors, else pytorch_model.bin)");
   app->add_option("--revision", revision, "Hub revision: branch, tag or commit (default: main)");
   app->add_option("--precision", precision, "fp32 or bf16 (bf16 weights and GEMM inputs, fp32 accumulation)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
@@ -68,7 +70,8 @@ std::vector<std::filesystem::path> expand_image_args(const std::vector<std::stri
       for (const auto& entry : std::filesystem::directory_iterator(arg, ec))
         if (entry.is_regular_file() && is_image_file(entry.path())) found.push_back(entry.path());
       if (ec) throw Error(ErrorKind::bad_input, arg + ": cannot list folder: " + ec.message());
-      if (found.empty()) throw Error(ErrorKind::bad_input, arg + ": folder holds no .jpg/.jpeg/.png/.webp images");
+      if (found.empty())
+        throw Error(ErrorKind::bad_input, arg + ": folder holds no .jpg/.jpeg/.png/.webp images");
       std::sort(found.begin(), found.end());
       files.insert(files.end(), found.begin(), found.end());
     } else {

@@ -14,8 +14,8 @@ namespace perceiver::cli {
 
 // Options every model-using subcommand takes.
 struct ModelArgs {
-  std::string model;        // directory or hub repo id
-  std::string weights;      // explicit weights file
+  std::string model;    // directory or hub repo id
+  std::string weights;  // explicit weights file
   std::string revision = "main";
   std::string precision = "fp32";
   std::string backend = "auto";

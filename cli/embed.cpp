@@ -22,7 +22,8 @@ struct EmbedArgs {
 };
 
 void run_embed(const EmbedArgs& args) {
-  if (args.out.empty() && !args.json) throw Error(ErrorKind::usage, "embed: give --out FILE.npy and/or --json");
+  if (args.out.empty() && !args.json)
+    throw Error(ErrorKind::usage, "embed: give --out FILE.npy and/or --json");
   if (args.images.empty()) throw Error(ErrorKind::usage, "embed: no images given");
   const std::vector<std::filesystem::path> files = expand_image_args(args.images);
   const std::filesystem::path dir = args.model.resolve_dir();
@@ -82,7 +83,8 @@ void run_embed(const EmbedArgs& args) {
       j["file"] = files[b].string();
       j["pool"] = args.pool;
       j["shape"] = std::vector<int64_t>(shape.begin() + 1, shape.end());
-      j["features"] = std::vector<float>(features.begin() + b * per_image, features.begin() + (b + 1) * per_image);
+      j["features"] =
+          std::vector<float>(features.begin() + b * per_image, features.begin() + (b + 1) * per_image);
       std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     }
   } else if (!args.model.quiet) {
@@ -97,14 +99,17 @@ void run_embed(const EmbedArgs& args) {
 
 void register_embed(CLI::App& app) {
   auto args = std::make_shared<EmbedArgs>();
-  CLI::App* cmd = app.add_subcommand("embed", "Write image features (encoder latents, their mean, or decoder output)");
+  CLI::App* cmd =
+      app.add_subcommand("embed", "Write image features (encoder latents, their mean, or decoder output)");
   args->model.add_to(cmd);
-  cmd->add_option("images", args->images, "Image files (JPEG, PNG, WebP) or folders of images (sorted order)");
+  cmd->add_option("images", args->images,
+                  "Image files (JPEG, PNG, WebP) or folders of images (sorted order)");
   cmd->add_option("-o,--out", args->out,
                   "float32 .npy to write; the list of files goes next to it with the extension .txt");
-  cmd->add_option("--pool", args->pool,
-                  "latents: [N, num_latents, d_latents]; mean: their mean [N, d_latents] (default); decoder: the "
-                  "decoder output before the final layer [N, d_latents]")
+  cmd->add_option(
+         "--pool", args->pool,
+         "latents: [N, num_latents, d_latents]; mean: their mean [N, d_latents] (default); decoder: the "
+         "decoder output before the final layer [N, d_latents]")
       ->check(CLI::IsMember({"mean", "latents", "decoder"}));
   cmd->add_option("-b,--batch-size", args->batch_size, "Images per forward pass (default 8)");
   cmd->add_flag("--json", args->json, "One JSON object per image on stdout: file, pool, shape, features");

@@ -34,7 +34,8 @@ void run_preprocess(const PreprocessArgs& args) {
 
 void register_preprocess(CLI::App& app) {
   auto args = std::make_shared<PreprocessArgs>();
-  CLI::App* cmd = app.add_subcommand("preprocess", "Decode and preprocess one image as the model would see it");
+  CLI::App* cmd =
+      app.add_subcommand("preprocess", "Decode and preprocess one image as the model would see it");
   cmd->add_option("-m,--model", args->model, "Model directory or hub repo id (its preprocessor_config.json)")
       ->required();
   cmd->add_option("image", args->image, "Image file (JPEG, PNG, WebP)")->required();
@@ -42,8 +43,9 @@ void register_preprocess(CLI::App& app) {
   cmd->add_option("--revision", args->revision, "Hub revision (default: main)");
   cmd->add_flag("--preprocess-defaults", args->preprocess_defaults,
                 "Without preprocessor_config.json, use PerceiverImageProcessor's defaults");
-  cmd->add_option("--max-image-pixels", args->max_image_pixels,
-                  "Refuse images above twice this many pixels, as Pillow does (default 89478485; 0: no limit)")
+  cmd->add_option(
+         "--max-image-pixels", args->max_image_pixels,
+         "Refuse images above twice this many pixels, as Pillow does (default 89478485; 0: no limit)")
       ->check(CLI::NonNegativeNumber);
   cmd->callback([args]() { run_preprocess(*args); });
 }

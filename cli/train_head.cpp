@@ -33,8 +33,8 @@ void run_train_head(const TrainHeadArgs& args) {
 
   train::LabelledFiles data = train::scan_labelled_data(args.data);
   if (data.classes.size() < 2)
-    throw Error(ErrorKind::bad_input, args.data + ": need at least two classes, found " +
-                                          std::to_string(data.classes.size()));
+    throw Error(ErrorKind::bad_input,
+                args.data + ": need at least two classes, found " + std::to_string(data.classes.size()));
   const std::filesystem::path dir = args.model.resolve_dir();
   std::error_code ec;
   if (std::filesystem::equivalent(dir, args.out, ec))
@@ -53,7 +53,8 @@ void run_train_head(const TrainHeadArgs& args) {
   model.reset();
 
   std::vector<int64_t> train_idx, val_idx;
-  train::split_train_val(data.labels, int(data.classes.size()), args.val_split, args.seed, &train_idx, &val_idx);
+  train::split_train_val(data.labels, int(data.classes.size()), args.val_split, args.seed, &train_idx,
+                         &val_idx);
 
   train::TrainOptions o;
   o.epochs = args.epochs;
@@ -114,14 +115,17 @@ void register_train_head(CLI::App& app) {
   cmd->add_option("--epochs", args->epochs, "Passes over the training images (default 10)");
   cmd->add_option("--lr", args->lr, "Peak AdamW learning rate; warm-up then cosine decay (default 1e-3)");
   cmd->add_option("-b,--batch-size", args->batch_size, "Images per optimiser step (default 64)");
-  cmd->add_option("--val-split", args->val_split, "Fraction of each class held out for validation (default 0.1)");
+  cmd->add_option("--val-split", args->val_split,
+                  "Fraction of each class held out for validation (default 0.1)");
   cmd->add_option("--seed", args->seed, "Seed of the initialisation, split and shuffles (default 0)");
   cmd->add_option("--weight-decay", args->weight_decay, "AdamW decoupled weight decay (default 0.01)");
-  cmd->add_option("--warmup", args->warmup, "Fraction of the steps spent warming up the learning rate (default 0.05)");
+  cmd->add_option("--warmup", args->warmup,
+                  "Fraction of the steps spent warming up the learning rate (default 0.05)");
   cmd->add_option("--encode-batch", args->encode_batch, "Images per encoder forward pass (default 32)");
   cmd->add_option("--max-memory-mb", args->max_memory_mb,
                   "Keep encoder latents in memory up to this size, else in a temporary file (default 4096)");
-  cmd->add_option("--cache-dir", args->cache_dir, "Folder for the latent cache file (default: the temp folder)");
+  cmd->add_option("--cache-dir", args->cache_dir,
+                  "Folder for the latent cache file (default: the temp folder)");
   cmd->add_flag("--json", args->json, "Print a JSON summary (per-epoch losses and accuracies) on stdout");
   cmd->add_flag("--preprocess-defaults", args->preprocess_defaults,
                 "Without preprocessor_config.json, use PerceiverImageProcessor's defaults");

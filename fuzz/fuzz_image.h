@@ -1,4 +1,5 @@
-// Shared body of the image targets: decode (format sniffed), EXIF orientation, then Pillow-exact preprocessing.
+// Shared body of the image targets: decode (format sniffed), EXIF orientation, then Pillow-exact
+// preprocessing.
 #pragma once
 
 #include <vector>
@@ -16,7 +17,7 @@ inline void decode_and_preprocess(const uint8_t* data, size_t size) {
     ImageU8 image = load_image_from_memory(data, size, "image", options);
     if (image.width < 1 || image.height < 1 || image.rgb.size() != size_t(image.width) * image.height * 3)
       __builtin_trap();
-    PreprocessorConfig config;  // PerceiverImageProcessor defaults: crop 256, bicubic 224x224
+    PreprocessorConfig config;          // PerceiverImageProcessor defaults: crop 256, bicubic 224x224
     config.height = config.width = 32;  // smaller output, same code paths
     config.crop_height = config.crop_width = 37;
     config.resample = static_cast<Resample>(size % 6);  // every Pillow filter gets its turn

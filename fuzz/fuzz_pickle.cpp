@@ -1,4 +1,5 @@
-// The restricted unpickler on its own (data.pkl bytes), with tight limits so that deep structures are reached.
+// The restricted unpickler on its own (data.pkl bytes), with tight limits so that deep structures are
+// reached.
 #include <span>
 
 #include "formats/pickle.h"
@@ -14,9 +15,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     limits.max_marks = 64;
     limits.max_string = 1 << 16;
     limits.max_tensors = 1024;
-    pickle::Result result =
-        pickle::unpickle(std::span<const std::byte>(reinterpret_cast<const std::byte*>(data), size), "data.pkl",
-                         limits);
+    pickle::Result result = pickle::unpickle(
+        std::span<const std::byte>(reinterpret_cast<const std::byte*>(data), size), "data.pkl", limits);
     const pickle::Value& root = result.root();
     volatile size_t sink = 0;
     for (const pickle::Value* v : root.items) sink = sink + v->items.size() + v->size.size();

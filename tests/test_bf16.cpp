@@ -1,16 +1,16 @@
-// --precision bf16 on the golden vectors: bf16 weights and GEMM inputs (attention included), fp32 accumulation,
-// fp32 LayerNorm / softmax / residuals.
+// --precision bf16 on the golden vectors: bf16 weights and GEMM inputs (attention included), fp32
+// accumulation, fp32 LayerNorm / softmax / residuals.
 //
 // Tolerances, from what bf16 can do: every GEMM input is rounded to 8 significant bits (relative error up to
-// 2^-9 = 0.2 %), in each of the ~7 GEMMs of every layer. Rounding errors of a K-term dot product partly average
-// out, but they compound through the layers, and the tiny golden models use initializer_range 0.2 (ten times
-// the real one), which makes their logits large and sensitive. Measured on these vectors, as max|got - want|
-// over max(1, max|want|), fast backend (reference emulation in brackets): conv 0.65 % (0.47 %), fourier 1.7 %
-// (1.6 %), learned 0.85 % (0.85 %). Bar: 5 %, about three times the worst measured case, still far below what a
-// wrong kernel gives (tens of %).
-// The fast backend against the reference backend's bf16 emulation (same roundings of the same inputs, different
-// summation order and exp, so an activation near a bf16 rounding boundary may round the other way and carry
-// that through the following layers): measured 0.34 % / 0.49 % / 0.28 %; bar 2 %.
+// 2^-9 = 0.2 %), in each of the ~7 GEMMs of every layer. Rounding errors of a K-term dot product partly
+// average out, but they compound through the layers, and the tiny golden models use initializer_range 0.2
+// (ten times the real one), which makes their logits large and sensitive. Measured on these vectors, as
+// max|got - want| over max(1, max|want|), fast backend (reference emulation in brackets): conv 0.65 % (0.47
+// %), fourier 1.7 % (1.6 %), learned 0.85 % (0.85 %). Bar: 5 %, about three times the worst measured case,
+// still far below what a wrong kernel gives (tens of %). The fast backend against the reference backend's
+// bf16 emulation (same roundings of the same inputs, different summation order and exp, so an activation near
+// a bf16 rounding boundary may round the other way and carry that through the following layers): measured
+// 0.34 % / 0.49 % / 0.28 %; bar 2 %.
 #include <nlohmann/json.hpp>
 
 #include "formats/npy.h"

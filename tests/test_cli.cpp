@@ -19,8 +19,9 @@ TEST(Cli, ClassifyPixelsReproducesHuggingFaceLogitsFromBothWeightFiles) {
       auto dir = test::vectors_dir() / variant;
       auto out = test::temp_dir("cli") / "logits.npy";
       std::string output;
-      int rc = test::run_command(cli() + " classify --model " + quote(dir) + " --weights " + quote(dir / weights) +
-                                     " --pixels " + quote(dir / "pixel_values.npy") + " --logits-out " + quote(out),
+      int rc = test::run_command(cli() + " classify --model " + quote(dir) + " --weights " +
+                                     quote(dir / weights) + " --pixels " + quote(dir / "pixel_values.npy") +
+                                     " --logits-out " + quote(out),
                                  &output);
       ASSERT_EQ(rc, 0) << output;
       NpyArray got = read_npy(out), want = read_npy(dir / "logits.npy");
@@ -77,8 +78,8 @@ TEST(Cli, PreprocessWritesWhatTheModelSees) {
   auto out = test::temp_dir("pre") / "pixels.npy";
   std::string output;
   ASSERT_EQ(test::run_command(cli() + " preprocess --model " + quote(model) + " " +
-                                  quote(model / "expected" / "images" / "00000_9_ankle_boot.png") + " --out " +
-                                  quote(out),
+                                  quote(model / "expected" / "images" / "00000_9_ankle_boot.png") +
+                                  " --out " + quote(out),
                               &output),
             0)
       << output;
@@ -104,7 +105,8 @@ TEST(Cli, BadInputsFailCleanlyWithoutPartialOutput) {
       {"classify --model " + quote(dir) + " --pixels " + quote(tmp / "garbage.npy"), 3, "garbage.npy"},
       {"classify --model " + quote(dir) + " --pixels " + quote(tmp / "missing.npy"), 3, "missing.npy"},
       {"classify --model " + quote(dir) + " --preprocess-defaults " + quote(tmp / "cat.jpg"), 3, "cat.jpg"},
-      {"classify --model " + quote(dir) + " " + quote(dir / "pixel_values.npy"), 4, "preprocessor_config.json"},
+      {"classify --model " + quote(dir) + " " + quote(dir / "pixel_values.npy"), 4,
+       "preprocessor_config.json"},
       {"classify --model " + quote(dir) + " --weights " + quote(tmp / "garbage.npy") + " --pixels " +
            quote(dir / "pixel_values.npy"),
        4, "garbage.npy"},
@@ -118,7 +120,8 @@ TEST(Cli, BadInputsFailCleanlyWithoutPartialOutput) {
     SCOPED_TRACE(c.args);
     std::string output;
     const bool has_out = c.args.find("--logits-out") != std::string::npos;
-    int rc = test::run_command(cli() + " " + c.args + (has_out ? "" : " --logits-out " + quote(out)), &output);
+    int rc =
+        test::run_command(cli() + " " + c.args + (has_out ? "" : " --logits-out " + quote(out)), &output);
     EXPECT_EQ(rc, c.exit_code) << output;
     EXPECT_NE(output.find("error: "), std::string::npos) << output;
     EXPECT_NE(output.find(c.mentions), std::string::npos) << output;
@@ -133,10 +136,11 @@ TEST(Cli, BadInputsFailCleanlyWithoutPartialOutput) {
 TEST(Cli, HelpDescribesEverySubcommand) {
   std::string output;
   ASSERT_EQ(test::run_command(cli() + " --help", &output), 0);
-  for (const char* word : {"classify", "preprocess", "bench", "info"}) EXPECT_NE(output.find(word), std::string::npos);
+  for (const char* word : {"classify", "preprocess", "bench", "info"})
+    EXPECT_NE(output.find(word), std::string::npos);
   ASSERT_EQ(test::run_command(cli() + " classify --help", &output), 0);
-  for (const char* flag : {"--model", "--pixels", "--logits-out", "--top-k", "--json", "--threads", "--batch-size",
-                           "--weights", "--precision"})
+  for (const char* flag : {"--model", "--pixels", "--logits-out", "--top-k", "--json", "--threads",
+                           "--batch-size", "--weights", "--precision"})
     EXPECT_NE(output.find(flag), std::string::npos) << flag;
 }
 

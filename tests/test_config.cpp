@@ -50,8 +50,9 @@ TEST(Config, RefusesNonsenseWithClearErrors) {
   EXPECT_NE(config_error([](auto& j) { j["num_self_attention_heads"] = 3; }).find("not divisible"),
             std::string::npos);
   EXPECT_NE(config_error([](auto& j) { j["num_labels"] = 7; }).find("num_labels"), std::string::npos);
-  EXPECT_NE(config_error([](auto& j) { j["architectures"] = {"BertModel"}; }).find("unsupported architecture"),
-            std::string::npos);
+  EXPECT_NE(
+      config_error([](auto& j) { j["architectures"] = {"BertModel"}; }).find("unsupported architecture"),
+      std::string::npos);
   EXPECT_NE(config_error([](auto& j) { j.erase("architectures"); }).find("architectures"), std::string::npos);
   EXPECT_NE(config_error([](auto& j) { j["id2label"]["12"] = "x"; }).find("id2label"), std::string::npos);
   EXPECT_NE(config_error([](auto& j) { j["hidden_act"] = "relu"; }).find("hidden_act"), std::string::npos);

@@ -18,8 +18,8 @@ TEST(Embed, PoolingsAreConsistent) {
   const auto dir = test::temp_dir("embed");
   std::string output;
   for (std::string pool : {"latents", "mean", "decoder"})
-    ASSERT_EQ(test::run_command(cli() + " embed -q --model " + quote(model) + " " + quote(images) + " --pool " + pool +
-                                    " --out " + quote(dir / (pool + ".npy")),
+    ASSERT_EQ(test::run_command(cli() + " embed -q --model " + quote(model) + " " + quote(images) +
+                                    " --pool " + pool + " --out " + quote(dir / (pool + ".npy")),
                                 &output),
               0)
         << output;
@@ -54,9 +54,9 @@ TEST(Embed, PoolingsAreConsistent) {
   for (int d = 0; d < 128; ++d) EXPECT_NEAR(float(j["features"][d]), want[d], 1e-5);
 
   EXPECT_EQ(test::run_command(cli() + " embed -q --model " + quote(model) + " " + quote(images), &output), 2);
-  EXPECT_EQ(test::run_command(cli() + " embed -q --pool max --model " + quote(model) + " " + quote(images) +
-                                  " --out x.npy",
-                              &output),
+  EXPECT_EQ(test::run_command(
+                cli() + " embed -q --pool max --model " + quote(model) + " " + quote(images) + " --out x.npy",
+                &output),
             2);
 }
 

@@ -1,9 +1,9 @@
 // Hostile inputs, generated here at test time (from the conv-tiny golden vectors where a real file helps):
-// truncated and corrupted weights, malicious pickles, absurd configs, lying .npy headers, broken and oversized
-// images, directories where files belong. Each is fed to `perceiver classify` (or `preprocess`) and must be
-// refused: exit code in 1..127 (never 70, "internal"), one stderr line "error: <file>: ..." naming the file,
-// no sanitizer report, no output file or temporary left behind, and nothing executed (the pickles try to
-// `touch` a sentinel file).
+// truncated and corrupted weights, malicious pickles, absurd configs, lying .npy headers, broken and
+// oversized images, directories where files belong. Each is fed to `perceiver classify` (or `preprocess`) and
+// must be refused: exit code in 1..127 (never 70, "internal"), one stderr line "error: <file>: ..." naming
+// the file, no sanitizer report, no output file or temporary left behind, and nothing executed (the pickles
+// try to `touch` a sentinel file).
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <zip.h>
@@ -144,7 +144,9 @@ struct Pickle {
   Bytes b;
   Pickle& op(const Bytes& o) { return b += o, *this; }
   Pickle& proto(int v) { return op(Bytes("\x80", 1) + char(v)); }
-  Pickle& global(const std::string& module, const std::string& name) { return op("c" + module + "\n" + name + "\n"); }
+  Pickle& global(const std::string& module, const std::string& name) {
+    return op("c" + module + "\n" + name + "\n");
+  }
   Pickle& str(const std::string& s) {
     b += 'X';
     put_le(&b, s.size(), 4);
@@ -203,7 +205,8 @@ class Hostile : public ::testing::Test {
       EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
   }
 
-  // A model folder: config.json (text, or the real one) and a weights file (bytes, or a link to the real one).
+  // A model folder: config.json (text, or the real one) and a weights file (bytes, or a link to the real
+  // one).
   fs::path model(const std::string& tag, const std::string* config, const std::string& weights_name,
                  const Bytes* weights) {
     fs::path dir = root_ / ("model-" + tag);
@@ -241,7 +244,8 @@ class Hostile : public ::testing::Test {
     SCOPED_TRACE(what + ": perceiver " + command_args);
     std::string err;
     // stderr alone is captured: { ... 2>&1 >/dev/null; } sends the CLI's stdout away.
-    const int rc = test::run_command("{ " + quote(test::cli_path()) + " " + command_args + " 2>&1 >/dev/null; }", &err);
+    const int rc =
+        test::run_command("{ " + quote(test::cli_path()) + " " + command_args + " 2>&1 >/dev/null; }", &err);
     if (std::getenv("PERCEIVER_HOSTILE_VERBOSE")) std::printf("[%d] %-40s %s", rc, what.c_str(), err.c_str());
     EXPECT_GE(rc, 1) << err;
     EXPECT_LE(rc, 127) << err;
@@ -262,16 +266,17 @@ class Hostile : public ::testing::Test {
   std::string logits_out() const { return " --logits-out " + quote(out_ / "logits.npy"); }
   void refuse_pixels(const std::string& what, const fs::path& model_dir, const fs::path& pixels,
                      const std::string& names, int code = 0) {
-    expect_refused(what, "classify --model " + quote(model_dir) + " --pixels " + quote(pixels) + logits_out(), names,
-                   code);
+    expect_refused(what, "classify --model " + quote(model_dir) + " --pixels " + quote(pixels) + logits_out(),
+                   names, code);
   }
   void refuse_weights(const std::string& what, const fs::path& model_dir, const std::string& weights_name) {
     refuse_pixels(what, model_dir, pixels_, (model_dir / weights_name).string(), 4);
   }
   void refuse_image(const std::string& what, const fs::path& image, const std::string& extra = "") {
-    expect_refused(what,
-                   "classify --model " + quote(conv_) + " --preprocess-defaults " + extra + quote(image) + logits_out(),
-                   image.string(), 3);
+    expect_refused(
+        what,
+        "classify --model " + quote(conv_) + " --preprocess-defaults " + extra + quote(image) + logits_out(),
+        image.string(), 3);
   }
 
   fs::path root_, out_, sentinel_, conv_, pixels_;
@@ -289,39 +294,83 @@ TEST_F(Hostile, SafetensorsTruncatedCorruptedOrLying) {
       {"data cut in half", real.substr(0, 8 + hlen + (real.size() - 8 - hlen) / 2)},
       {"last byte missing", real.substr(0, real.size() - 1)},
       {"header length 2^64-1", Bytes(8, '\xff') + real.substr(8)},
-      {"header length = file size", [&] { Bytes b = real; uint64_t n = b.size(); std::memcpy(&b[0], &n, 8); return b; }()},
+      {"header length = file size",
+       [&] {
+         Bytes b = real;
+         uint64_t n = b.size();
+         std::memcpy(&b[0], &n, 8);
+         return b;
+       }()},
       {"header length 0", Bytes(8, '\0') + real.substr(8)},
-      {"header JSON corrupted", [&] { Bytes b = real; b[8] = 'X'; b[8 + hlen / 2] = '\x01'; return b; }()},
-      {"garbage", [] { Bytes b; uint32_t x = 12345; for (int i = 0; i < 5000; ++i) b += char((x = x * 1103515245 + 12345) >> 16); return b; }()},
+      {"header JSON corrupted",
+       [&] {
+         Bytes b = real;
+         b[8] = 'X';
+         b[8 + hlen / 2] = '\x01';
+         return b;
+       }()},
+      {"garbage",
+       [] {
+         Bytes b;
+         uint32_t x = 12345;
+         for (int i = 0; i < 5000; ++i) b += char((x = x * 1103515245 + 12345) >> 16);
+         return b;
+       }()},
       {"header is an array", safetensors("[]", "")},
-      {"nested 100000 deep", safetensors("{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + "}", "")},
-      {"duplicate keys", safetensors(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", floats(1))},
-      {"unsupported dtype", safetensors(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", floats(2))},
-      {"shape product overflows", safetensors(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,4]}})", floats(1))},
-      {"negative dimension", safetensors(R"({"a":{"dtype":"F32","shape":[-1,4],"data_offsets":[0,16]}})", floats(4))},
-      {"rank 64", safetensors(R"({"a":{"dtype":"F32","shape":[)" + [] { std::string s = "1"; for (int i = 1; i < 64; ++i) s += ",1"; return s; }() + R"(],"data_offsets":[0,4]}})", floats(1))},
-      {"offsets past the end", safetensors(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,9223372036854775800]}})", floats(2))},
-      {"offsets reversed", safetensors(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}})", floats(2))},
-      {"offsets as floats", safetensors(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4.0]}})", floats(1))},
-      {"overlapping tensors", safetensors(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", floats(3))},
+      {"nested 100000 deep",
+       safetensors("{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + "}", "")},
+      {"duplicate keys",
+       safetensors(
+           R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+           floats(1))},
+      {"unsupported dtype",
+       safetensors(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", floats(2))},
+      {"shape product overflows",
+       safetensors(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,4]}})",
+                   floats(1))},
+      {"negative dimension",
+       safetensors(R"({"a":{"dtype":"F32","shape":[-1,4],"data_offsets":[0,16]}})", floats(4))},
+      {"rank 64", safetensors(R"({"a":{"dtype":"F32","shape":[)" +
+                                  [] {
+                                    std::string s = "1";
+                                    for (int i = 1; i < 64; ++i) s += ",1";
+                                    return s;
+                                  }() +
+                                  R"(],"data_offsets":[0,4]}})",
+                              floats(1))},
+      {"offsets past the end",
+       safetensors(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,9223372036854775800]}})", floats(2))},
+      {"offsets reversed",
+       safetensors(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}})", floats(2))},
+      {"offsets as floats",
+       safetensors(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4.0]}})", floats(1))},
+      {"overlapping tensors",
+       safetensors(
+           R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+           floats(3))},
       {"metadata not strings", safetensors(R"({"__metadata__":{"format":7}})", "")},
       {"empty header (every tensor missing)", safetensors("{}", "")},
-      {"latents transposed", edit_safetensors(real, [](auto& h) {
-         auto& s = h["perceiver.embeddings.latents"]["shape"];
-         std::swap(s[0], s[1]);
-       })},
+      {"latents transposed", edit_safetensors(real,
+                                              [](auto& h) {
+                                                auto& s = h["perceiver.embeddings.latents"]["shape"];
+                                                std::swap(s[0], s[1]);
+                                              })},
       {"latents missing", edit_safetensors(real, [](auto& h) { h.erase("perceiver.embeddings.latents"); })},
-      {"latents as I64", edit_safetensors(real, [](auto& h) {
-         auto& t = h["perceiver.embeddings.latents"];
-         t["dtype"] = "I64";
-         t["shape"][1] = t["shape"][1].template get<int>() / 2;
-       })},
-      {"unexpected extra tensor", edit_safetensors(real, [](auto& h) {
-         h["evil\n\x1b[2J"] = {{"dtype", "F32"}, {"shape", {0}}, {"data_offsets", {0, 0}}};
-       })},
+      {"latents as I64", edit_safetensors(real,
+                                          [](auto& h) {
+                                            auto& t = h["perceiver.embeddings.latents"];
+                                            t["dtype"] = "I64";
+                                            t["shape"][1] = t["shape"][1].template get<int>() / 2;
+                                          })},
+      {"unexpected extra tensor",
+       edit_safetensors(real,
+                        [](auto& h) {
+                          h["evil\n\x1b[2J"] = {{"dtype", "F32"}, {"shape", {0}}, {"data_offsets", {0, 0}}};
+                        })},
   };
   int i = 0;
-  for (const auto& [what, bytes] : cases) refuse_weights(what, weights_model("st" + std::to_string(i++), st, bytes), st);
+  for (const auto& [what, bytes] : cases)
+    refuse_weights(what, weights_model("st" + std::to_string(i++), st, bytes), st);
   // A well-formed file whose floats are all NaN: no made-up probabilities, the model folder is named.
   Bytes nan_weights = real;
   const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -345,16 +394,30 @@ TEST_F(Hostile, TorchZipTruncatedCorruptedOrLying) {
       {"local header only", real.substr(0, 4)},
       {"cut in half", real.substr(0, real.size() / 2)},
       {"end of central directory cut", real.substr(0, real.size() - 10)},
-      {"storage bytes corrupted (CRC)", [&] { Bytes b = real; for (size_t k = 0; k < 64; ++k) b[real.size() / 3 + k] ^= 0x5a; return b; }()},
-      {"central directory corrupted", [&] { Bytes b = real; size_t at = b.find("PK\x01\x02"); if (at != Bytes::npos) b.replace(at, 64, Bytes(64, '\xee')); return b; }()},
+      {"storage bytes corrupted (CRC)",
+       [&] {
+         Bytes b = real;
+         for (size_t k = 0; k < 64; ++k) b[real.size() / 3 + k] ^= 0x5a;
+         return b;
+       }()},
+      {"central directory corrupted",
+       [&] {
+         Bytes b = real;
+         size_t at = b.find("PK\x01\x02");
+         if (at != Bytes::npos) b.replace(at, 64, Bytes(64, '\xee'));
+         return b;
+       }()},
       {"central directory lies about a size", patched(Bytes("PK\x01\x02", 4), 24, 0xfffffff0u)},
       {"local header lies about a size", patched(Bytes("PK\x03\x04", 4), 22, 0x7ffffff0u)},
       {"no data.pkl", zip_file({{"archive/version", "3\n"}})},
-      {"two data.pkl", zip_file({{"a/data.pkl", Pickle().proto(2).op("}").stop().b}, {"b/data.pkl", Pickle().proto(2).op("}").stop().b}})},
-      {"big-endian byteorder", zip_file({{"archive/data.pkl", Pickle().proto(2).op("}").stop().b}, {"archive/byteorder", "big"}})},
+      {"two data.pkl", zip_file({{"a/data.pkl", Pickle().proto(2).op("}").stop().b},
+                                 {"b/data.pkl", Pickle().proto(2).op("}").stop().b}})},
+      {"big-endian byteorder",
+       zip_file({{"archive/data.pkl", Pickle().proto(2).op("}").stop().b}, {"archive/byteorder", "big"}})},
   };
   int i = 0;
-  for (const auto& [what, bytes] : cases) refuse_weights(what, weights_model("zip" + std::to_string(i++), bin, bytes), bin);
+  for (const auto& [what, bytes] : cases)
+    refuse_weights(what, weights_model("zip" + std::to_string(i++), bin, bytes), bin);
 }
 
 TEST_F(Hostile, PicklesThatTryToRunCodeExecuteNothing) {
@@ -365,39 +428,136 @@ TEST_F(Hostile, PicklesThatTryToRunCodeExecuteNothing) {
   auto storage = [](Pickle& p, const std::string& module, const std::string& cls, int32_t numel) -> Pickle& {
     return p.mark().str("storage").global(module, cls).str("0").str("cpu").integer(numel).tuple().op("Q");
   };
-  auto tensor = [&](const std::string& size_stride) {  // {'w': _rebuild_tensor_v2(storage, 0, size, stride, False, {})}
-    Pickle p;
-    p.proto(2).op("}").str("w").global("torch._utils", "_rebuild_tensor_v2").mark();
-    storage(p, "torch", "FloatStorage", 1).integer(0).op(size_stride).op("\x89}").tuple().reduce().op("s").stop();
-    return p.b;
-  };
+  auto tensor =
+      [&](const std::string& size_stride) {  // {'w': _rebuild_tensor_v2(storage, 0, size, stride, False, {})}
+        Pickle p;
+        p.proto(2).op("}").str("w").global("torch._utils", "_rebuild_tensor_v2").mark();
+        storage(p, "torch", "FloatStorage", 1)
+            .integer(0)
+            .op(size_stride)
+            .op("\x89}")
+            .tuple()
+            .reduce()
+            .op("s")
+            .stop();
+        return p.b;
+      };
   std::vector<std::pair<std::string, Bytes>> cases = {
       {"os.system", Pickle().proto(2).global("os", "system").str(touch).tuple1().reduce().stop().b},
       {"posix.system", Pickle().proto(2).global("posix", "system").str(touch).tuple1().reduce().stop().b},
       {"nt.system", Pickle().proto(2).global("nt", "system").str(touch).tuple1().reduce().stop().b},
       {"builtins.eval", Pickle().proto(2).global("builtins", "eval").str(py).tuple1().reduce().stop().b},
       {"builtins.exec", Pickle().proto(2).global("builtins", "exec").str(py).tuple1().reduce().stop().b},
-      {"__builtin__.eval", Pickle().proto(2).global("__builtin__", "eval").str(py).tuple1().reduce().stop().b},
-      {"builtins.getattr", Pickle().proto(2).global("builtins", "getattr").global("os", "system").str("__call__").op("\x86").reduce().stop().b},
-      {"subprocess.check_call", Pickle().proto(2).global("subprocess", "check_call").op("]").mark().str("touch").str(sentinel_.string()).op("e").tuple1().reduce().stop().b},
-      {"subprocess.Popen", Pickle().proto(2).global("subprocess", "Popen").mark().str("/bin/sh").str("-c").str(touch).op("l").tuple1().reduce().stop().b},
-      {"STACK_GLOBAL os.system (protocol 4)", Pickle().proto(4).op("\x8c\x02os\x8c\x06system\x93").str(touch).tuple1().reduce().stop().b},
+      {"__builtin__.eval",
+       Pickle().proto(2).global("__builtin__", "eval").str(py).tuple1().reduce().stop().b},
+      {"builtins.getattr", Pickle()
+                               .proto(2)
+                               .global("builtins", "getattr")
+                               .global("os", "system")
+                               .str("__call__")
+                               .op("\x86")
+                               .reduce()
+                               .stop()
+                               .b},
+      {"subprocess.check_call", Pickle()
+                                    .proto(2)
+                                    .global("subprocess", "check_call")
+                                    .op("]")
+                                    .mark()
+                                    .str("touch")
+                                    .str(sentinel_.string())
+                                    .op("e")
+                                    .tuple1()
+                                    .reduce()
+                                    .stop()
+                                    .b},
+      {"subprocess.Popen", Pickle()
+                               .proto(2)
+                               .global("subprocess", "Popen")
+                               .mark()
+                               .str("/bin/sh")
+                               .str("-c")
+                               .str(touch)
+                               .op("l")
+                               .tuple1()
+                               .reduce()
+                               .stop()
+                               .b},
+      {"STACK_GLOBAL os.system (protocol 4)",
+       Pickle().proto(4).op("\x8c\x02os\x8c\x06system\x93").str(touch).tuple1().reduce().stop().b},
       {"INST os.system", Pickle().proto(2).mark().str(touch).op("ios\nsystem\n").stop().b},
       {"OBJ os.system", Pickle().proto(2).mark().global("os", "system").str(touch).op("o").stop().b},
-      {"NEWOBJ subprocess.Popen", Pickle().proto(2).global("subprocess", "Popen").mark().str(touch).tuple().tuple1().op("\x81").stop().b},
+      {"NEWOBJ subprocess.Popen", Pickle()
+                                      .proto(2)
+                                      .global("subprocess", "Popen")
+                                      .mark()
+                                      .str(touch)
+                                      .tuple()
+                                      .tuple1()
+                                      .op("\x81")
+                                      .stop()
+                                      .b},
       {"EXT1 registry call", Pickle().proto(2).op("\x82\x01").str(touch).tuple1().reduce().stop().b},
       {"text PERSID", Pickle().proto(2).op("Pos.system\n").stop().b},
-      {"payload inside the state dict", Pickle().proto(2).op("}").mark().str("w").global("os", "system").str(touch).tuple1().reduce().op("u").stop().b},
-      {"payload as the storage class", [&] { Pickle p; p.proto(2).op("}").str("w"); storage(p, "os", "system", 1); return p.op("s").stop().b; }()},
-      {"payload as BUILD state", Pickle().proto(2).global("collections", "OrderedDict").op(")").reduce().global("os", "system").str(touch).tuple1().reduce().op("b").stop().b},
-      {"runpy._run_code", Pickle().proto(2).global("runpy", "_run_code").str(py).op("}").op("\x86").reduce().stop().b},
-      {"pickle.loads of a payload", Pickle().proto(2).global("pickle", "loads").str("cos\nsystem\n").tuple1().reduce().stop().b},
+      {"payload inside the state dict", Pickle()
+                                            .proto(2)
+                                            .op("}")
+                                            .mark()
+                                            .str("w")
+                                            .global("os", "system")
+                                            .str(touch)
+                                            .tuple1()
+                                            .reduce()
+                                            .op("u")
+                                            .stop()
+                                            .b},
+      {"payload as the storage class",
+       [&] {
+         Pickle p;
+         p.proto(2).op("}").str("w");
+         storage(p, "os", "system", 1);
+         return p.op("s").stop().b;
+       }()},
+      {"payload as BUILD state", Pickle()
+                                     .proto(2)
+                                     .global("collections", "OrderedDict")
+                                     .op(")")
+                                     .reduce()
+                                     .global("os", "system")
+                                     .str(touch)
+                                     .tuple1()
+                                     .reduce()
+                                     .op("b")
+                                     .stop()
+                                     .b},
+      {"runpy._run_code",
+       Pickle().proto(2).global("runpy", "_run_code").str(py).op("}").op("\x86").reduce().stop().b},
+      {"pickle.loads of a payload",
+       Pickle().proto(2).global("pickle", "loads").str("cos\nsystem\n").tuple1().reduce().stop().b},
       {"torch.load", Pickle().proto(2).global("torch", "load").str("/etc/passwd").tuple1().reduce().stop().b},
       {"100000 nested MARKs", Pickle().proto(2).op(std::string(100000, '(')).stop().b},
       {"undefined memo key", Pickle().proto(2).op("j\xff\xff\xff\x7f").stop().b},
-      {"stride-0 broadcast of one element to 2^40", tensor("J\x00\x00\x10\x00J\x00\x00\x10\x00\x86K\x00K\x00\x86"s)},
+      {"stride-0 broadcast of one element to 2^40",
+       tensor("J\x00\x00\x10\x00J\x00\x00\x10\x00\x86K\x00K\x00\x86"s)},
       {"offset beyond its storage", tensor("K\x05\x85K\x01\x85")},
-      {"storage key with a path", [&] { Pickle p; p.proto(2).op("}").str("w").mark().str("storage").global("torch", "FloatStorage").str("../../etc/passwd").str("cpu").integer(1).tuple().op("Q").op("s").stop(); return p.b; }()},
+      {"storage key with a path",
+       [&] {
+         Pickle p;
+         p.proto(2)
+             .op("}")
+             .str("w")
+             .mark()
+             .str("storage")
+             .global("torch", "FloatStorage")
+             .str("../../etc/passwd")
+             .str("cpu")
+             .integer(1)
+             .tuple()
+             .op("Q")
+             .op("s")
+             .stop();
+         return p.b;
+       }()},
       {"truncated program", Pickle().proto(2).op("}").str("w").b.substr(0, 9)},
   };
   int i = 0;
@@ -429,16 +589,39 @@ TEST_F(Hostile, ConfigsWithAbsurdOrMissingValues) {
       {"zero heads", edited([](auto& j) { j["num_cross_attention_heads"] = 0; })},
       {"heads do not divide channels", edited([](auto& j) { j["num_self_attention_heads"] = 5; })},
       {"num_labels disagrees with id2label", edited([](auto& j) { j["num_labels"] = 1000; })},
-      {"id2label with a gap", edited([](auto& j) { j["id2label"].erase("3"); j["id2label"]["12"] = "x"; })},
+      {"id2label with a gap", edited([](auto& j) {
+         j["id2label"].erase("3");
+         j["id2label"]["12"] = "x";
+       })},
       {"id2label key not a number", edited([](auto& j) { j["id2label"]["x\ny"] = "z"; })},
       {"id2label empty", edited([](auto& j) { j["id2label"] = nlohmann::json::object(); })},
       {"label2id out of range", edited([](auto& j) { j["label2id"]["LABEL_0"] = 99; })},
-      {"huge image_size (learned)", edited([](auto& j) { j["architectures"] = {"PerceiverForImageClassificationLearned"}; j["image_size"] = 1000000; })},
-      {"image_size 30000 (learned)", edited([](auto& j) { j["architectures"] = {"PerceiverForImageClassificationLearned"}; j["image_size"] = 30000; })},
-      {"65536 x 65536 latents", edited([](auto& j) { j["num_latents"] = 65536; j["d_latents"] = 65536; })},
-      {"1024 x 1024 layers", edited([](auto& j) { j["num_blocks"] = 1024; j["num_self_attends_per_block"] = 1024; j["d_latents"] = 4096; })},
-      {"widening 64 of 65536", edited([](auto& j) { j["d_latents"] = 65536; j["self_attention_widening_factor"] = 64; })},
-      {"1M labels", edited([](auto& j) { j.erase("id2label"); j.erase("label2id"); j["num_labels"] = 1 << 20; })},
+      {"huge image_size (learned)", edited([](auto& j) {
+         j["architectures"] = {"PerceiverForImageClassificationLearned"};
+         j["image_size"] = 1000000;
+       })},
+      {"image_size 30000 (learned)", edited([](auto& j) {
+         j["architectures"] = {"PerceiverForImageClassificationLearned"};
+         j["image_size"] = 30000;
+       })},
+      {"65536 x 65536 latents", edited([](auto& j) {
+         j["num_latents"] = 65536;
+         j["d_latents"] = 65536;
+       })},
+      {"1024 x 1024 layers", edited([](auto& j) {
+         j["num_blocks"] = 1024;
+         j["num_self_attends_per_block"] = 1024;
+         j["d_latents"] = 4096;
+       })},
+      {"widening 64 of 65536", edited([](auto& j) {
+         j["d_latents"] = 65536;
+         j["self_attention_widening_factor"] = 64;
+       })},
+      {"1M labels", edited([](auto& j) {
+         j.erase("id2label");
+         j.erase("label2id");
+         j["num_labels"] = 1 << 20;
+       })},
       {"hidden_act relu", edited([](auto& j) { j["hidden_act"] = "relu"; })},
       {"model_type bert", edited([](auto& j) { j["model_type"] = "bert"; })},
       {"qk_channels a string", edited([](auto& j) { j["qk_channels"] = "64"; })},
@@ -450,7 +633,10 @@ TEST_F(Hostile, ConfigsWithAbsurdOrMissingValues) {
     refuse_pixels(what, dir, pixels_, dir.string(), 4);  // config.json, or the weights that disagree with it
   }
   // Big but in-range values with a weights file that lacks them: refused before zeros are allocated for them.
-  const std::string big = edited([](auto& j) { j["num_latents"] = 8192; j["d_latents"] = 8192; });
+  const std::string big = edited([](auto& j) {
+    j["num_latents"] = 8192;
+    j["d_latents"] = 8192;
+  });
   const Bytes empty = safetensors("{}", "");
   auto dir = model("big-empty", &big, "model.safetensors", &empty);
   refuse_pixels("big config, empty weights", dir, pixels_, (dir / "model.safetensors").string(), 4);
@@ -469,8 +655,8 @@ TEST_F(Hostile, ConfigsWithAbsurdOrMissingValues) {
   refuse_pixels("no weights at all", no_weights, pixels_, no_weights.string(), 4);
   refuse_pixels("model folder is a file", pixels_, pixels_, pixels_.string(), 4);
   expect_refused("--weights is a directory",
-                 "classify --model " + quote(conv_) + " --weights " + quote(root_) + " --pixels " + quote(pixels_) +
-                     logits_out(),
+                 "classify --model " + quote(conv_) + " --weights " + quote(root_) + " --pixels " +
+                     quote(pixels_) + logits_out(),
                  root_.string(), 4);
 }
 
@@ -485,18 +671,21 @@ TEST_F(Hostile, PreprocessorConfigs) {
       {"image_std zero", R"({"image_std": [0, 0, 0]})"},
       {"image_mean text", R"({"image_mean": "abc"})"},
       {"resample 99", R"({"resample": 99})"},
-      {"size 8192 (beyond what the model admits)", R"({"size": {"height": 8192, "width": 8192}, "do_center_crop": false})"},
+      {"size 8192 (beyond what the model admits)",
+       R"({"size": {"height": 8192, "width": 8192}, "do_center_crop": false})"},
   };
   int i = 0;
   for (const auto& [what, text] : cases) {
     auto dir = config_model("prep" + std::to_string(i++), read_bytes(conv_ / "config.json"));
     write_bytes(dir / "preprocessor_config.json", text);
-    const std::string names = what.rfind("size 8192", 0) == 0 ? cat : (dir / "preprocessor_config.json").string();
+    const std::string names =
+        what.rfind("size 8192", 0) == 0 ? cat : (dir / "preprocessor_config.json").string();
     expect_refused(what, "classify --model " + quote(dir) + " " + quote(cat) + logits_out(), names);
   }
   auto dir = config_model("prep-dir", read_bytes(conv_ / "config.json"));
   fs::create_directories(dir / "preprocessor_config.json");
-  expect_refused("preprocessor_config.json is a directory", "classify --model " + quote(dir) + " " + quote(cat) + logits_out(),
+  expect_refused("preprocessor_config.json is a directory",
+                 "classify --model " + quote(dir) + " " + quote(cat) + logits_out(),
                  (dir / "preprocessor_config.json").string(), 4);
 }
 
@@ -506,29 +695,69 @@ TEST_F(Hostile, PixelFilesWithLyingHeaders) {
   std::vector<std::pair<std::string, Bytes>> cases = {
       {"zero bytes", ""},
       {"bad magic", "\x93NUMPZ" + npy(ok, data).substr(6)},
-      {"header length past the end", [&] { Bytes b = npy(ok, data); b[8] = '\xff'; b[9] = '\xff'; return b.substr(0, 200); }()},
-      {"shape bigger than the data", npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 64, 64), }", data)},
-      {"shape smaller than the data", npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 50, 50), }", data)},
-      {"shape product overflows", npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 1099511627776, 3, 3), }", data)},
-      {"negative dimension", npy("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 3, 56, 56), }", data)},
-      {"dimension beyond int64", npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 99999999999999999999999, 1), }", data)},
-      {"rank 40 (ones)", npy([] { std::string s = "{'descr': '<f4', 'fortran_order': False, 'shape': (1"; for (int k = 1; k < 40; ++k) s += ", 1"; return s + "), }"; }(), floats(1))},
+      {"header length past the end",
+       [&] {
+         Bytes b = npy(ok, data);
+         b[8] = '\xff';
+         b[9] = '\xff';
+         return b.substr(0, 200);
+       }()},
+      {"shape bigger than the data",
+       npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 64, 64), }", data)},
+      {"shape smaller than the data",
+       npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 50, 50), }", data)},
+      {"shape product overflows",
+       npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 1099511627776, 3, 3), }",
+           data)},
+      {"negative dimension",
+       npy("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 3, 56, 56), }", data)},
+      {"dimension beyond int64",
+       npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 99999999999999999999999, 1), }", data)},
+      {"rank 40 (ones)", npy(
+                             [] {
+                               std::string s = "{'descr': '<f4', 'fortran_order': False, 'shape': (1";
+                               for (int k = 1; k < 40; ++k) s += ", 1";
+                               return s + "), }";
+                             }(),
+                             floats(1))},
       {"float64 pixels", npy("{'descr': '<f8', 'fortran_order': False, 'shape': (1, 3, 56, 28), }", data)},
       {"object array", npy("{'descr': '|O', 'fortran_order': False, 'shape': (1, 3, 56, 56), }", data)},
       {"fortran order", npy("{'descr': '<f4', 'fortran_order': True, 'shape': (1, 3, 56, 56), }", data)},
       {"big-endian", npy("{'descr': '>f4', 'fortran_order': False, 'shape': (1, 3, 56, 56), }", data)},
-      {"version 9.0", [&] { Bytes b = npy(ok, data); b[6] = 9; return b; }()},
-      {"version 2.0 header length 4 GiB", [&] { Bytes b = npy(ok, data, 2); b[8] = b[9] = b[10] = b[11] = '\xff'; return b; }()},
+      {"version 9.0",
+       [&] {
+         Bytes b = npy(ok, data);
+         b[6] = 9;
+         return b;
+       }()},
+      {"version 2.0 header length 4 GiB",
+       [&] {
+         Bytes b = npy(ok, data, 2);
+         b[8] = b[9] = b[10] = b[11] = '\xff';
+         return b;
+       }()},
       {"zero-sized image", npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 0, 0), }", "")},
-      {"huge batch of empty images", npy("{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000, 3, 0, 56), }", "")},
-      {"100000 x 100000 claimed", npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 100000, 100000), }", data)},
-      {"2 x 2 image (model refuses the size)", npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 2, 2), }", floats(12))},
+      {"huge batch of empty images",
+       npy("{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000, 3, 0, 56), }", "")},
+      {"100000 x 100000 claimed",
+       npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 100000, 100000), }", data)},
+      {"2 x 2 image (model refuses the size)",
+       npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 2, 2), }", floats(12))},
       {"four channels", npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4, 56, 42), }", data)},
-      {"unterminated string", npy("{'descr': '<f4, 'fortran_order': False, 'shape': (1, 3, 56, 56), }", data)},
-      {"no trailing newline", [&] { Bytes b = npy(ok, data); b[10 + (uint8_t(b[8]) | uint8_t(b[9]) << 8) - 1] = ' '; return b; }()},
+      {"unterminated string",
+       npy("{'descr': '<f4, 'fortran_order': False, 'shape': (1, 3, 56, 56), }", data)},
+      {"no trailing newline",
+       [&] {
+         Bytes b = npy(ok, data);
+         b[10 + (uint8_t(b[8]) | uint8_t(b[9]) << 8) - 1] = ' ';
+         return b;
+       }()},
       {"NaN pixels", npy(ok, floats(3 * 56 * 56, std::numeric_limits<float>::quiet_NaN()))},
       {"infinite pixels", npy(ok, floats(3 * 56 * 56, std::numeric_limits<float>::infinity()))},
-      {"python expression in the header", npy("{'descr': __import__('os').system('touch " + sentinel_.string() + "'), 'fortran_order': False, 'shape': (1,), }", floats(1))},
+      {"python expression in the header",
+       npy("{'descr': __import__('os').system('touch " + sentinel_.string() +
+               "'), 'fortran_order': False, 'shape': (1,), }",
+           floats(1))},
   };
   int i = 0;
   for (const auto& [what, bytes] : cases) {
@@ -550,7 +779,8 @@ TEST_F(Hostile, BrokenAndOversizedImages) {
     Bytes b = rocket;
     for (size_t k = 2; k + 9 < b.size(); ++k)
       if (uint8_t(b[k]) == 0xff && (uint8_t(b[k + 1]) == 0xc0 || uint8_t(b[k + 1]) == 0xc2)) {
-        b[k + 5] = char(h >> 8), b[k + 6] = char(h & 0xff), b[k + 7] = char(w >> 8), b[k + 8] = char(w & 0xff);
+        b[k + 5] = char(h >> 8), b[k + 6] = char(h & 0xff), b[k + 7] = char(w >> 8),
+              b[k + 8] = char(w & 0xff);
         break;
       }
     return b;
@@ -567,8 +797,18 @@ TEST_F(Hostile, BrokenAndOversizedImages) {
       {"zero-width.png", png(0, 10, 0)},
       {"truncated-rows.png", png(64, 64, 16)},
       {"ihdr-only.png", png(64, 64, 64).substr(0, 33)},
-      {"bad-crc.png", [] { Bytes b = png(8, 8, 8); b[29] ^= 1; return b; }()},
-      {"idat-garbage.png", [] { Bytes b = png(8, 8, 8); for (size_t k = 41; k < 60 && k < b.size(); ++k) b[k] = '\x99'; return b; }()},
+      {"bad-crc.png",
+       [] {
+         Bytes b = png(8, 8, 8);
+         b[29] ^= 1;
+         return b;
+       }()},
+      {"idat-garbage.png",
+       [] {
+         Bytes b = png(8, 8, 8);
+         for (size_t k = 41; k < 60 && k < b.size(); ++k) b[k] = '\x99';
+         return b;
+       }()},
       {"half.png", coffee.substr(0, coffee.size() / 2)},
       {"text.png", "this is not a picture\n"},
       {"riff-only.webp", Bytes("RIFF\x10\x00\x00\x00WEBPVP8L\x04\x00\x00\x00\x2f\x00", 22)},
@@ -598,8 +838,8 @@ TEST_F(Hostile, BrokenAndOversizedImages) {
   auto good = file("a-good.jpg", rocket);
   auto bad = file("b-bad.png", png(100000, 100000, 1));
   expect_refused("good then bad",
-                 "classify --model " + quote(conv_) + " --preprocess-defaults " + quote(good) + " " + quote(bad) +
-                     logits_out(),
+                 "classify --model " + quote(conv_) + " --preprocess-defaults " + quote(good) + " " +
+                     quote(bad) + logits_out(),
                  bad.string(), 3);
 }
 

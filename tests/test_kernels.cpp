@@ -1,9 +1,9 @@
 // The fast backend against the reference backend, op by op, on odd shapes (tails of every vector loop, row
 // strides, tile and chunk edges). fp32: both compute the same function, so the tolerance is a few float
 // roundings of the accumulated sums (2e-5 of max(1, max|want|)). bf16: both round the GEMM inputs to bf16 the
-// same way and accumulate in fp32 (fast) / double (reference), so they agree closely too (1e-4); the attention
-// additionally rounds unnormalised probabilities whose scaling differs when the keys come in several chunks
-// (2e-3). When the CPU cannot run the fast backend these tests are skipped.
+// same way and accumulate in fp32 (fast) / double (reference), so they agree closely too (1e-4); the
+// attention additionally rounds unnormalised probabilities whose scaling differs when the keys come in
+// several chunks (2e-3). When the CPU cannot run the fast backend these tests are skipped.
 #include <omp.h>
 
 #include <cmath>
@@ -87,9 +87,9 @@ TEST_F(KernelTest, LinearMatchesReferenceOnOddShapes) {
   };
   for (const auto& c : cases)
     for (Precision p : {Precision::fp32, Precision::bf16}) {
-      SCOPED_TRACE(::testing::Message() << c.rows << "x" << c.in << "->" << c.out << " act " << int(c.act)
-                                        << " residual " << c.residual << " pad " << c.pad << " "
-                                        << precision_name(p));
+      SCOPED_TRACE(::testing::Message()
+                   << c.rows << "x" << c.in << "->" << c.out << " act " << int(c.act) << " residual "
+                   << c.residual << " pad " << c.pad << " " << precision_name(p));
       std::vector<float> got, want;
       run_linear(*fast_, c, p, &got);
       run_linear(*ref_, c, p, &want);
@@ -179,7 +179,7 @@ void run_attention(Backend& backend, const AttentionCase& c, Precision precision
 
 TEST_F(KernelTest, AttentionMatchesReference) {
   const AttentionCase cases[] = {
-      {2, 1, 70, 3025, 40, 24, 0, 1.0f},   // cross-attention-like: 3025 keys in chunks, tail tiles
+      {2, 1, 70, 3025, 40, 24, 0, 1.0f},     // cross-attention-like: 3025 keys in chunks, tail tiles
       {1, 1, 512, 3025, 322, 322, 0, 0.5f},  // the conv model's encoder cross-attention
       {1, 8, 512, 512, 128, 128, 1, 0.5f},   // the self-attention
       {3, 1, 1, 512, 1024, 1024, 0, 0.1f},   // the decoder
@@ -189,21 +189,23 @@ TEST_F(KernelTest, AttentionMatchesReference) {
   for (const auto& c : cases)
     for (Precision p : {Precision::fp32, Precision::bf16})
       for (bool probs : {false, true}) {
-        SCOPED_TRACE(::testing::Message() << c.batch << "x" << c.heads << " heads, nq " << c.nq << ", nk " << c.nk
-                                          << ", d " << c.dqk << "/" << c.dv << " " << precision_name(p)
-                                          << (probs ? " with probs" : ""));
+        SCOPED_TRACE(::testing::Message()
+                     << c.batch << "x" << c.heads << " heads, nq " << c.nq << ", nk " << c.nk << ", d "
+                     << c.dqk << "/" << c.dv << " " << precision_name(p) << (probs ? " with probs" : ""));
         std::vector<float> got, want, got_p, want_p;
         run_attention(*fast_, c, p, probs, &got, &got_p);
         run_attention(*ref_, c, p, probs, &want, &want_p);
-        EXPECT_TRUE(test::AllCloseScaled(got, want, p == Precision::fp32 ? kFp32Tolerance : kBf16AttentionTolerance));
+        EXPECT_TRUE(
+            test::AllCloseScaled(got, want, p == Precision::fp32 ? kFp32Tolerance : kBf16AttentionTolerance));
         if (probs) {
           EXPECT_TRUE(test::AllCloseScaled(got_p, want_p, kFp32Tolerance));
         }
       }
 }
 
-// Model::create_random (perceiver bench's in-memory model): the full-size conv configuration has the parameter
-// count of deepmind/vision-perceiver-conv, and a small one runs to finite logits, the same on both backends.
+// Model::create_random (perceiver bench's in-memory model): the full-size conv configuration has the
+// parameter count of deepmind/vision-perceiver-conv, and a small one runs to finite logits, the same on both
+// backends.
 TEST(RandomModel, FullSizeConvHasTheHubParameterCount) {
   const std::string config = R"({"architectures": ["PerceiverForImageClassificationConvProcessing"],
     "num_latents": 512, "d_latents": 1024, "num_blocks": 8, "num_self_attends_per_block": 6,

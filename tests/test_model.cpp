@@ -21,6 +21,10 @@ struct GoldenCase {
   std::string backend;  // reference or auto
 };
 
+void PrintTo(const GoldenCase& c, std::ostream* os) {
+  *os << c.variant << " " << c.weights << " " << c.backend;
+}
+
 std::string case_name(const ::testing::TestParamInfo<GoldenCase>& info) {
   std::string s = info.param.variant + "_" + info.param.weights + "_" + info.param.backend;
   for (char& ch : s)
@@ -123,7 +127,8 @@ TEST(Model, RefusesInputSizesTheModelCannotTake) {
 // linspace_f32 reproduces torch.linspace bit for bit (values written by tests/data/make_torch_linspace.py).
 TEST(PositionEncoding, LinspaceMatchesTorchBitForBit) {
   int files = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(test::source_dir() / "tests/data/torch_linspace")) {
+  for (const auto& entry :
+       std::filesystem::directory_iterator(test::source_dir() / "tests/data/torch_linspace")) {
     const std::string name = entry.path().stem().string();  // linspace_<start>_<end>_<steps>
     float start, end;
     int steps;
@@ -149,7 +154,8 @@ TEST(PositionEncoding, FourierFeaturesMatchHuggingFace) {
     const int channels = static_cast<int>(want.shape[2]);
     std::vector<float> all = want.to_f32(), expected;
     for (int t = 0; t < c.h * c.w; ++t)
-      expected.insert(expected.end(), all.begin() + t * channels + c.offset, all.begin() + (t + 1) * channels);
+      expected.insert(expected.end(), all.begin() + t * channels + c.offset,
+                      all.begin() + (t + 1) * channels);
     std::vector<float> got = fourier_position_encoding(c.h, c.w, c.max_resolution, c.max_resolution, 64);
     EXPECT_TRUE(test::AllCloseScaled(got, expected, 1.2e-7)) << c.variant;
   }

@@ -56,14 +56,16 @@ TEST(TrainCli, TrainHeadWritesADeterministicLoadableModel) {
   EXPECT_EQ(config["num_labels"], 2);
 
   // The new model classifies and evaluates on the same folder layout.
-  ASSERT_EQ(test::run_command(cli() + " classify --json -k 1 --model " + quote(out1) + " " +
-                                  quote(data / "footwear") + " --logits-out " + quote(data.parent_path() / "l.npy"),
-                              &output),
-            0)
+  ASSERT_EQ(
+      test::run_command(cli() + " classify --json -k 1 --model " + quote(out1) + " " +
+                            quote(data / "footwear") + " --logits-out " + quote(data.parent_path() / "l.npy"),
+                        &output),
+      0)
       << output;
   EXPECT_EQ(read_npy(data.parent_path() / "l.npy").shape, (std::vector<int64_t>{4, 2}));
-  ASSERT_EQ(test::run_command(cli() + " eval --json -q --model " + quote(out1) + " --data " + quote(data), &output),
-            0)
+  ASSERT_EQ(
+      test::run_command(cli() + " eval --json -q --model " + quote(out1) + " --data " + quote(data), &output),
+      0)
       << output;
   auto eval = nlohmann::json::parse(output);
   EXPECT_EQ(eval["images"], 16);
@@ -72,8 +74,8 @@ TEST(TrainCli, TrainHeadWritesADeterministicLoadableModel) {
   EXPECT_GT(eval["images_per_second"], 0.0);
 
   // Bad usage.
-  EXPECT_EQ(test::run_command(cli() + " train-head --model " + quote(model) + " --data " + quote(data / "missing") +
-                                  " --out " + quote(out1) + " -q",
+  EXPECT_EQ(test::run_command(cli() + " train-head --model " + quote(model) + " --data " +
+                                  quote(data / "missing") + " --out " + quote(out1) + " -q",
                               &output),
             3);
   EXPECT_EQ(test::run_command(cli() + " train-head" + args + " --out " + quote(model), &output), 2) << output;
@@ -90,17 +92,21 @@ TEST(TrainCli, EvalOnTheOriginalLabels) {
     std::filesystem::copy_file(e.path(), root / label / e.path().filename());
   }
   std::string output;
-  ASSERT_EQ(test::run_command(cli() + " eval -q --model " + quote(model) + " --data " + quote(root), &output), 0)
+  ASSERT_EQ(test::run_command(cli() + " eval -q --model " + quote(model) + " --data " + quote(root), &output),
+            0)
       << output;
   EXPECT_NE(output.find("top-1 accuracy"), std::string::npos) << output;
   EXPECT_NE(output.find("T-shirt/top"), std::string::npos) << output;
-  ASSERT_EQ(test::run_command(cli() + " eval --json -q --model " + quote(model) + " --data " + quote(root), &output),
+  ASSERT_EQ(test::run_command(cli() + " eval --json -q --model " + quote(model) + " --data " + quote(root),
+                              &output),
             0);
   auto j = nlohmann::json::parse(output);
   EXPECT_GE(double(j["top1_accuracy"]), 0.75);  // a model at 89.79% on the test set
   std::filesystem::create_directories(root / "robots");
-  std::filesystem::copy_file(model / "expected" / "images" / "00000_9_ankle_boot.png", root / "robots" / "r.png");
-  EXPECT_EQ(test::run_command(cli() + " eval -q --model " + quote(model) + " --data " + quote(root), &output), 3);
+  std::filesystem::copy_file(model / "expected" / "images" / "00000_9_ankle_boot.png",
+                             root / "robots" / "r.png");
+  EXPECT_EQ(test::run_command(cli() + " eval -q --model " + quote(model) + " --data " + quote(root), &output),
+            3);
   EXPECT_NE(output.find("robots"), std::string::npos) << output;
 }
 

@@ -35,10 +35,12 @@ TEST(TrainExport, HeadForwardMatchesHuggingFaceDecoder) {
     const PerceiverConfig config = load_config(dir / "config.json");
     ClassifierHead<float> head(config, config.num_labels());
     load_head(dir / "model.safetensors", head);
-    NpyArray latents = read_npy(dir / ("latents_after_self_attn_b" + std::to_string(config.num_blocks - 1) + "_l" +
-                                       std::to_string(config.num_self_attends_per_block - 1) + ".npy"));
+    NpyArray latents =
+        read_npy(dir / ("latents_after_self_attn_b" + std::to_string(config.num_blocks - 1) + "_l" +
+                        std::to_string(config.num_self_attends_per_block - 1) + ".npy"));
     const int B = int(latents.shape[0]), L = int(latents.shape[1]);
-    std::vector<float> z = latents.to_f32(), logits(size_t(B) * config.num_labels()), features(size_t(B) * head.q_dim());
+    std::vector<float> z = latents.to_f32(), logits(size_t(B) * config.num_labels()),
+                       features(size_t(B) * head.q_dim());
     head.forward(z.data(), B, L, logits.data(), features.data(), nullptr);
     EXPECT_TRUE(test::AllCloseScaled(logits, read_npy(dir / "logits.npy").to_f32(), 1e-4));
     EXPECT_TRUE(test::AllCloseScaled(features, read_npy(dir / "decoder_cross_attn_out.npy").to_f32(), 1e-4));
@@ -77,7 +79,7 @@ TEST(TrainExport, SafetensorsWriterRoundTrip) {
   EXPECT_EQ(file->find("c.count")->shape, std::vector<int64_t>{});
 
   EXPECT_THROW(serialize_safetensors({{"x", DType::f32, {2}, a.data(), 4}}), Error);  // bytes != shape
-  EXPECT_THROW(serialize_safetensors({entries[1], entries[1]}), Error);             // duplicate
+  EXPECT_THROW(serialize_safetensors({entries[1], entries[1]}), Error);               // duplicate
 }
 
 TEST(TrainExport, ModelDirectoryLoadsAndClassifiesAsTheHead) {
@@ -129,7 +131,8 @@ TEST(TrainExport, ModelDirectoryLoadsAndClassifiesAsTheHead) {
   EXPECT_EQ(cfg["label2id"]["dog"], 1);
   EXPECT_EQ(cfg["d_latents"], config.d_latents);
   EXPECT_TRUE(std::filesystem::exists(out / "preprocessor_config.json"));
-  EXPECT_EQ(load_preprocessor_config(out / "preprocessor_config.json").height, 224);  // the defaults written out
+  EXPECT_EQ(load_preprocessor_config(out / "preprocessor_config.json").height,
+            224);  // the defaults written out
   EXPECT_THROW(write_model_dir(src, {}, src, head, {"a", "b", "c"}, PreprocessorConfig{}), Error);
 }
 
@@ -155,7 +158,8 @@ TEST(TrainExport, HfInitialisation) {
       EXPECT_NEAR(std::sqrt(sq / n), 0.2, 0.03);  // normal(0, initializer_range)
     }
   }
-  EXPECT_EQ(head.params().front()->name, "perceiver.decoder.decoder.output_position_encodings.position_embeddings");
+  EXPECT_EQ(head.params().front()->name,
+            "perceiver.decoder.decoder.output_position_encodings.position_embeddings");
 }
 
 TEST(TrainData, ImageFolderCsvAndSplit) {

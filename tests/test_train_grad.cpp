@@ -45,8 +45,8 @@ std::vector<double> randn(size_t n, Rng& rng, double scale = 1.0) {
       if (std::isnan(got[i])) worst = INFINITY;
     }
   if (worst <= tol * scale) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << what << ": max error " << worst << " at " << at << " (got " << got[at]
-                                       << ", want " << want[at] << "), allowed " << tol * scale;
+  return ::testing::AssertionFailure() << what << ": max error " << worst << " at " << at << " (got "
+                                       << got[at] << ", want " << want[at] << "), allowed " << tol * scale;
 }
 
 // Central differences of f with respect to every element of x.
@@ -125,7 +125,8 @@ TEST(TrainGradFD, MultiHeadAttention) {
   Rng rng(4);
   ref::AttentionShape s{2, 2, 3, 4, 3, 2, 1.0 / std::sqrt(3.0)};
   const int QK = s.heads * s.dqk, V = s.heads * s.dv;
-  auto q = randn(s.batch * s.nq * QK, rng), k = randn(s.batch * s.nk * QK, rng), v = randn(s.batch * s.nk * V, rng);
+  auto q = randn(s.batch * s.nq * QK, rng), k = randn(s.batch * s.nk * QK, rng),
+       v = randn(s.batch * s.nk * V, rng);
   auto r = randn(s.batch * s.nq * V, rng);
   std::vector<double> out(r.size()), probs(size_t(s.batch) * s.heads * s.nq * s.nk);
   auto loss = [&] {
@@ -134,7 +135,8 @@ TEST(TrainGradFD, MultiHeadAttention) {
   };
   loss();
   std::vector<double> dq(q.size(), 0), dk(k.size(), 0), dv(v.size(), 0);
-  ref::attention_backward(s, q.data(), k.data(), v.data(), probs.data(), r.data(), dq.data(), dk.data(), dv.data());
+  ref::attention_backward(s, q.data(), k.data(), v.data(), probs.data(), r.data(), dq.data(), dk.data(),
+                          dv.data());
   EXPECT_TRUE(Close(dq, finite_diff(q, loss), kFdTol, "dq"));
   EXPECT_TRUE(Close(dk, finite_diff(k, loss), kFdTol, "dk"));
   EXPECT_TRUE(Close(dv, finite_diff(v, loss), kFdTol, "dv"));
@@ -147,8 +149,11 @@ TEST(TrainGradFD, SoftmaxCrossEntropy) {
   std::vector<int> labels = {0, 4, 2, 2};
   std::vector<double> dz(M * C, 0);
   const double loss0 = ref::softmax_cross_entropy(z.data(), labels.data(), M, C, dz.data());
-  EXPECT_TRUE(Close(dz, finite_diff(z, [&] { return ref::softmax_cross_entropy<double>(z.data(), labels.data(), M, C, nullptr); }),
-                    kFdTol, "dlogits"));
+  EXPECT_TRUE(Close(
+      dz,
+      finite_diff(z,
+                  [&] { return ref::softmax_cross_entropy<double>(z.data(), labels.data(), M, C, nullptr); }),
+      kFdTol, "dlogits"));
   // Large logits stay finite (max subtraction).
   std::vector<double> big = {1000, 0, -1000, 0, 0};
   int label = 0;
@@ -180,7 +185,8 @@ void check_layer_fd(const LayerShape& shape, int batch, int nq, int nk) {
   if (shape.is_cross) {
     EXPECT_TRUE(Close(dkv, finite_diff(kv, loss), kFdTol, "dkv"));
   }
-  for (Param<double>* p : layer.params()) EXPECT_TRUE(Close(p->grad, finite_diff(p->value, loss), kFdTol, p->name));
+  for (Param<double>* p : layer.params())
+    EXPECT_TRUE(Close(p->grad, finite_diff(p->value, loss), kFdTol, p->name));
 }
 
 TEST(TrainGradFD, CrossAttentionLayerOneHead) {
@@ -205,13 +211,14 @@ TEST(TrainGradFD, FoldedCrossAttentionMatchesGeneric) {
     Rng rng(11);
     auto fp = folded.params(), gp = generic.params();
     for (size_t i = 0; i < fp.size(); ++i) {
-      for (auto& v : fp[i]->value) v = (fp[i]->kind == Param<double>::norm_scale ? 1.0 : 0.0) + 0.4 * rng.normal();
+      for (auto& v : fp[i]->value)
+        v = (fp[i]->kind == Param<double>::norm_scale ? 1.0 : 0.0) + 0.4 * rng.normal();
       gp[i]->value = fp[i]->value;
     }
     auto x = randn(size_t(B) * nq * s.q_dim, rng), kv = randn(size_t(B) * nk * s.kv_dim, rng);
     auto r = randn(x.size(), rng);
-    std::vector<double> out1(x.size()), out2(x.size()), dx1(x.size(), 0), dx2(x.size(), 0), dkv1(kv.size(), 0),
-        dkv2(kv.size(), 0);
+    std::vector<double> out1(x.size()), out2(x.size()), dx1(x.size(), 0), dx2(x.size(), 0),
+        dkv1(kv.size(), 0), dkv2(kv.size(), 0);
     PerceiverLayer<double>::Cache c1, c2;
     folded.forward(x.data(), kv.data(), B, nq, nk, out1.data(), &c1);
     generic.forward(x.data(), kv.data(), B, nq, nk, out2.data(), &c2);
@@ -263,10 +270,12 @@ TEST(TrainGradFD, ClassifierHeadWithCrossEntropy) {
   head.zero_grad();
   head.backward(cache, dlogits.data(), dlatents.data());
   EXPECT_TRUE(Close(dlatents, finite_diff(latents, loss), kFdTol, "dlatents"));
-  for (Param<double>* p : head.params()) EXPECT_TRUE(Close(p->grad, finite_diff(p->value, loss), kFdTol, p->name));
+  for (Param<double>* p : head.params())
+    EXPECT_TRUE(Close(p->grad, finite_diff(p->value, loss), kFdTol, p->name));
 }
 
-// --- PyTorch ------------------------------------------------------------------------------------------------
+// --- PyTorch
+// ------------------------------------------------------------------------------------------------
 
 std::filesystem::path grads_dir() { return test::source_dir() / "tests" / "data" / "decoder_grads"; }
 
@@ -285,7 +294,8 @@ TEST(TrainGradTorch, ClassifierDecoder) {
   NpyArray lat = read_npy(dir / "latents.npy");
   ASSERT_EQ(lat.shape.size(), 3u);
   const int B = int(lat.shape[0]), L = int(lat.shape[1]), Dkv = int(lat.shape[2]);
-  const auto qshape = read_npy(dir / "p.perceiver.decoder.decoder.output_position_encodings.position_embeddings.npy").shape;
+  const auto qshape =
+      read_npy(dir / "p.perceiver.decoder.decoder.output_position_encodings.position_embeddings.npy").shape;
   const auto fshape = read_npy(dir / "p.perceiver.decoder.decoder.final_layer.weight.npy").shape;
   const int D = int(qshape[1]), C = int(fshape[0]);
   LayerShape s;
@@ -298,11 +308,13 @@ TEST(TrainGradTorch, ClassifierDecoder) {
   // float64: the reference gradients to rounding.
   ClassifierHead<double> head(s, C);
   for (Param<double>* p : head.params()) p->value = read_f8(dir / ("p." + p->name + ".npy"));
-  std::vector<double> latents = read_f8(dir / "latents.npy"), logits(B * C), dlogits(B * C, 0), dlat(latents.size(), 0);
+  std::vector<double> latents = read_f8(dir / "latents.npy"), logits(B * C), dlogits(B * C, 0),
+                      dlat(latents.size(), 0);
   ClassifierHead<double>::Cache cache;
   head.forward(latents.data(), B, L, logits.data(), nullptr, &cache);
   EXPECT_TRUE(Close(logits, read_f8(dir / "logits.npy"), kTorch64Tol, "logits"));
-  EXPECT_NEAR(ref::softmax_cross_entropy(logits.data(), labels.data(), B, C, dlogits.data()), want_loss, 1e-12);
+  EXPECT_NEAR(ref::softmax_cross_entropy(logits.data(), labels.data(), B, C, dlogits.data()), want_loss,
+              1e-12);
   head.backward(cache, dlogits.data(), dlat.data());
   EXPECT_TRUE(Close(dlat, read_f8(dir / "g.latents.npy"), kTorch64Tol, "g.latents"));
   for (Param<double>* p : head.params())
@@ -318,9 +330,11 @@ TEST(TrainGradTorch, ClassifierDecoder) {
       dlat32(latents.size(), 0);
   ClassifierHead<float>::Cache cache32;
   head32.forward(lat32.data(), B, L, logits32.data(), nullptr, &cache32);
-  EXPECT_NEAR(ref::softmax_cross_entropy(logits32.data(), labels.data(), B, C, dlogits32.data()), want_loss, 1e-5);
+  EXPECT_NEAR(ref::softmax_cross_entropy(logits32.data(), labels.data(), B, C, dlogits32.data()), want_loss,
+              1e-5);
   head32.backward(cache32, dlogits32.data(), dlat32.data());
-  EXPECT_TRUE(Close({dlat32.begin(), dlat32.end()}, read_f8(dir / "g.latents.npy"), kTorch32Tol, "g.latents f32"));
+  EXPECT_TRUE(
+      Close({dlat32.begin(), dlat32.end()}, read_f8(dir / "g.latents.npy"), kTorch32Tol, "g.latents f32"));
   for (Param<float>* p : head32.params())
     EXPECT_TRUE(Close({p->grad.begin(), p->grad.end()}, read_f8(dir / ("g." + p->name + ".npy")), kTorch32Tol,
                       p->name + " f32"));
@@ -362,7 +376,8 @@ std::vector<double> widen(const std::vector<float>& v) { return {v.begin(), v.en
 TEST(TrainFastKernels, LinearMatchesReference) {
   Rng rng(8);
   for (auto [M, N, K] : {std::tuple{1, 1, 1}, {7, 13, 9}, {67, 40, 33}, {130, 128, 128}, {5, 10, 128}}) {
-    auto x = randf(size_t(M) * K, rng), W = randf(size_t(N) * K, rng), b = randf(N, rng), dy = randf(size_t(M) * N, rng);
+    auto x = randf(size_t(M) * K, rng), W = randf(size_t(N) * K, rng), b = randf(N, rng),
+         dy = randf(size_t(M) * N, rng);
     std::vector<float> y1(size_t(M) * N), y2(y1.size());
     ref::linear_forward(x.data(), W.data(), b.data(), M, N, K, y1.data());
     fast::linear_forward(x.data(), W.data(), b.data(), M, N, K, y2.data());

@@ -1,8 +1,8 @@
 // The real task of docs/train-head.md: the trained Fashion-MNIST conv Perceiver gets a freshly initialised
 // classification decoder, trained on frozen encoder latents of 6,000 training images (the first 600 of each
 // class, file order) of Debian's dataset-fashion-mnist, then scored on all 10,000 test images. Also checks
-// that training is deterministic (bit-identical weights for the same seed, whatever the thread count) and that
-// the exported model directory classifies exactly as the trained head does.
+// that training is deterministic (bit-identical weights for the same seed, whatever the thread count) and
+// that the exported model directory classifies exactly as the trained head does.
 #include <omp.h>
 
 #include <chrono>
@@ -78,7 +78,8 @@ TEST(TrainHead, FashionMnistFreshDecoder) {
   const double train_s = seconds_since(t0);
   train::EvalStats test = train::evaluate_head(head, test_features, test_labels, test_idx);
   std::printf("encode %.1f s (16,000 images), train %.1f s (%d epochs), final train loss %.4f acc %.2f%%\n",
-              encode_s, train_s, options.epochs, history.back().train_loss, 100 * history.back().train_accuracy);
+              encode_s, train_s, options.epochs, history.back().train_loss,
+              100 * history.back().train_accuracy);
   std::printf("test accuracy %.2f%% (loss %.4f) on %lld images; the original decoder: 89.79%%\n",
               100 * test.accuracy, test.loss, (long long)test_images.count);
   EXPECT_GE(test.accuracy, 0.85);
@@ -92,7 +93,8 @@ TEST(TrainHead, FashionMnistFreshDecoder) {
   auto a = weights_of(head), b = weights_of(again);
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i)
-    EXPECT_EQ(0, std::memcmp(a[i].data(), b[i].data(), a[i].size() * sizeof(float))) << head.params()[i]->name;
+    EXPECT_EQ(0, std::memcmp(a[i].data(), b[i].data(), a[i].size() * sizeof(float)))
+        << head.params()[i]->name;
 
   // The exported directory loads and classifies as the head does.
   const auto out_dir = test::temp_dir("train_head_slow") / "fashion-fresh";
@@ -100,7 +102,8 @@ TEST(TrainHead, FashionMnistFreshDecoder) {
   auto trained = Model::load(out_dir);
   const int n = 256;
   std::vector<float> pixels(size_t(n) * 3 * 56 * 56), logits(size_t(n) * 10);
-  for (int i = 0; i < n; ++i) preprocess(idx_image_rgb(test_images, i), prep, &pixels[size_t(i) * 3 * 56 * 56]);
+  for (int i = 0; i < n; ++i)
+    preprocess(idx_image_rgb(test_images, i), prep, &pixels[size_t(i) * 3 * 56 * 56]);
   trained->classify(pixels.data(), n, 56, 56, logits.data());
   std::vector<float> want(test.logits.begin(), test.logits.begin() + size_t(n) * 10);
   EXPECT_TRUE(test::AllCloseScaled(logits, want, 1e-4));

@@ -1,12 +1,13 @@
 #include "test_util.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <sys/wait.h>
-#include <unistd.h>
 
 namespace perceiver::test {
 
@@ -59,8 +60,7 @@ std::filesystem::path temp_dir(const std::string& tag) {
     }
   }
   double tol = rel_tol * std::max(1.0, max_want);
-  if (max_err <= tol)
-    return ::testing::AssertionSuccess() << "max err " << max_err << " <= " << tol;
+  if (max_err <= tol) return ::testing::AssertionSuccess() << "max err " << max_err << " <= " << tol;
   return ::testing::AssertionFailure() << "max err " << max_err << " > tol " << tol << " at index " << worst
                                        << " (got " << got[worst] << ", want " << want[worst] << ")";
 }

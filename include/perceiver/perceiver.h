@@ -22,8 +22,8 @@ enum class Precision { fp32, bf16 };
 struct ModelOptions {
   std::filesystem::path weights_file;  // empty: model.safetensors if present, else pytorch_model.bin
   Precision precision = Precision::fp32;
-  int threads = 0;                     // <= 0: all cores available to the process
-  std::string backend = "auto";        // "auto" (fastest available), "reference" (plain loops), "fast"
+  int threads = 0;               // <= 0: all cores available to the process
+  std::string backend = "auto";  // "auto" (fastest available), "reference" (plain loops), "fast"
 };
 
 struct ModelInfo {
@@ -37,8 +37,10 @@ struct ModelInfo {
 };
 
 // Called with intermediate activations during forward() when set (tests, debugging). Names and shapes follow
-// the golden vectors' manifest.json, e.g. "preproc_output" [B, N, C], "latents_after_self_attn_b0_l1" [B, L, D].
-using TraceFn = std::function<void(std::string_view name, const std::vector<int64_t>& shape, const float* data)>;
+// the golden vectors' manifest.json, e.g. "preproc_output" [B, N, C], "latents_after_self_attn_b0_l1" [B, L,
+// D].
+using TraceFn =
+    std::function<void(std::string_view name, const std::vector<int64_t>& shape, const float* data)>;
 
 struct ForwardArgs {
   const float* pixels = nullptr;  // [batch, 3, height, width], normalised
@@ -53,9 +55,10 @@ struct ForwardArgs {
 class Model {
  public:
   // Reads config.json and the weights from `model_dir`. Throws perceiver::Error.
-  static std::unique_ptr<Model> load(const std::filesystem::path& model_dir, const ModelOptions& options = {});
-  // A model with made-up weights (benchmarks, tests): `config_json` is the text of a config.json; the same seed
-  // gives the same weights. Throws perceiver::Error for a bad config.
+  static std::unique_ptr<Model> load(const std::filesystem::path& model_dir,
+                                     const ModelOptions& options = {});
+  // A model with made-up weights (benchmarks, tests): `config_json` is the text of a config.json; the same
+  // seed gives the same weights. Throws perceiver::Error for a bad config.
   static std::unique_ptr<Model> create_random(const std::string& config_json, uint64_t seed = 1,
                                               const ModelOptions& options = {});
   virtual ~Model() = default;

@@ -17,14 +17,16 @@ std::string serialize_safetensors(const std::vector<SafetensorsEntry>& tensors,
   for (const auto& t : tensors) {
     if (t.name.empty() || t.name == "__metadata__")
       throw Error(ErrorKind::internal, "safetensors: invalid tensor name '" + t.name + "'");
-    if (!names.insert(t.name).second) throw Error(ErrorKind::internal, "safetensors: duplicate tensor '" + t.name + "'");
+    if (!names.insert(t.name).second)
+      throw Error(ErrorKind::internal, "safetensors: duplicate tensor '" + t.name + "'");
     size_t numel = 1;
     for (int64_t d : t.shape) {
       if (d < 0) throw Error(ErrorKind::internal, "safetensors: negative dimension in '" + t.name + "'");
       numel *= size_t(d);
     }
     if (numel * dtype_size(t.dtype) != t.nbytes || (t.nbytes && !t.data))
-      throw Error(ErrorKind::internal, "safetensors: byte count of '" + t.name + "' does not match its shape");
+      throw Error(ErrorKind::internal,
+                  "safetensors: byte count of '" + t.name + "' does not match its shape");
     order.push_back(&t);
   }
   std::stable_sort(order.begin(), order.end(), [](const SafetensorsEntry* a, const SafetensorsEntry* b) {
@@ -40,9 +42,8 @@ std::string serialize_safetensors(const std::vector<SafetensorsEntry>& tensors,
   }
   size_t offset = 0;
   for (const SafetensorsEntry* t : order) {
-    header[t->name] = {{"dtype", dtype_name(t->dtype)},
-                       {"shape", t->shape},
-                       {"data_offsets", {offset, offset + t->nbytes}}};
+    header[t->name] = {
+        {"dtype", dtype_name(t->dtype)}, {"shape", t->shape}, {"data_offsets", {offset, offset + t->nbytes}}};
     offset += t->nbytes;
   }
   std::string json = header.dump();

@@ -226,10 +226,11 @@ PngResult decode_frame(ReadState* state, ImageU8* out, std::vector<uint8_t>* pix
   return result;
 }
 
-// libpng buffers an ancillary chunk whole, allocating its declared length before reading it (a length over the
-// chunk limit is only a benign error): a 100-byte file could make it allocate 2 GiB. A chunk whose declared
-// extent runs past the end of the file can only end in running out of data; libpng is handed the bytes before
-// it, and runs out there instead, with the same outcome and without the allocation. (IDAT is streamed.)
+// libpng buffers an ancillary chunk whole, allocating its declared length before reading it (a length over
+// the chunk limit is only a benign error): a 100-byte file could make it allocate 2 GiB. A chunk whose
+// declared extent runs past the end of the file can only end in running out of data; libpng is handed the
+// bytes before it, and runs out there instead, with the same outcome and without the allocation. (IDAT is
+// streamed.)
 size_t usable_prefix(const uint8_t* data, size_t size) {
   if (size < 8) return size;
   for (size_t pos = 8; size - pos >= 8;) {

@@ -21,7 +21,8 @@ struct DecodeOptions {
 };
 
 // Decodes JPEG / PNG / WebP (by magic bytes), applies the EXIF orientation, converts to RGB as Pillow's
-// convert("RGB") does. Throws perceiver::Error(ErrorKind::bad_input, "<file>: ...") where Pillow would refuse.
+// convert("RGB") does. Throws perceiver::Error(ErrorKind::bad_input, "<file>: ...") where Pillow would
+// refuse.
 ImageU8 load_image(const std::filesystem::path& path, const DecodeOptions& options = {});
 
 // Same, from bytes in memory; `name` is used in error messages.

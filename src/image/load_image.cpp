@@ -31,8 +31,7 @@ void check_declared_size(int64_t width, int64_t height, const std::string& name,
   const uint64_t limit = options.max_pixels > 0 ? uint64_t(options.max_pixels) : 0;
   if (limit && pixels > limit && pixels - limit > limit)  // pixels > 2 * limit, without overflow
     fail(name, "image size (" + std::to_string(pixels) + " pixels) exceeds limit of " +
-                   std::to_string(2 * limit) +
-                   " pixels, could be decompression bomb DOS attack");
+                   std::to_string(2 * limit) + " pixels, could be decompression bomb DOS attack");
 }
 
 }  // namespace image_detail

@@ -143,7 +143,8 @@ CropBox crop_box(const PreprocessorConfig& config, int image_height, int image_w
 
 PreprocessorConfig parse_preprocessor_config(const std::string& json_text, const std::string& name) {
   std::string parse_error;
-  json j = parse_json_bounded(json_text, name, ErrorKind::model, &parse_error);  // nesting bounded: dump() recurses
+  json j = parse_json_bounded(json_text, name, ErrorKind::model,
+                              &parse_error);  // nesting bounded: dump() recurses
   if (j.is_discarded()) config_error(name, "not valid JSON: " + parse_error);
   if (!j.is_object()) config_error(name, "expected a JSON object, got " + std::string(j.type_name()));
   PreprocessorConfig c;

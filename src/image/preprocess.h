@@ -35,7 +35,8 @@ PreprocessorConfig parse_preprocessor_config(const std::string& json_text, const
 ImageU8 resize_like_pillow(const ImageU8& image, int out_width, int out_height, Resample filter);
 
 // Output size of preprocess() for an input image.
-void preprocessed_size(const PreprocessorConfig& config, const ImageU8& image, int* out_height, int* out_width);
+void preprocessed_size(const PreprocessorConfig& config, const ImageU8& image, int* out_height,
+                       int* out_width);
 
 // Centre crop, resize, rescale, normalise: writes float32 channels-first [3, H, W] to `out`
 // (H, W from preprocessed_size()).

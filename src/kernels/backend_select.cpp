@@ -4,7 +4,8 @@
 namespace perceiver {
 
 #ifdef PERCEIVER_HAVE_ONEDNN
-std::unique_ptr<Backend> make_fast_backend(int threads);  // src/kernels/fast_backend.cpp; nullptr if unsupported
+std::unique_ptr<Backend> make_fast_backend(
+    int threads);  // src/kernels/fast_backend.cpp; nullptr if unsupported
 #endif
 
 std::unique_ptr<Backend> make_best_backend(int threads) {

@@ -1,7 +1,7 @@
 // The fast backend: oneDNN matmul for every GEMM (weights packed once at load into the layout oneDNN's brgemm
 // kernels want, primitives created once per shape and cached), fused attention in cache-sized tiles with an
-// online softmax, one-pass vectorised LayerNorm. One thread pool: oneDNN (Debian's build) threads with OpenMP,
-// and so do the loops here, with the same thread count.
+// online softmax, one-pass vectorised LayerNorm. One thread pool: oneDNN (Debian's build) threads with
+// OpenMP, and so do the loops here, with the same thread count.
 //
 // Run-time dispatch: oneDNN picks its own ISA (avx2, avx512_core, avx512_core_bf16, avx512_core_amx) at run
 // time; the hand-written kernels in fast_kernels.cpp use AVX-512 when the CPU has it and portable loops
@@ -97,7 +97,8 @@ struct Gemm {
       args[n++] = {DNNL_ARG_SCRATCHPAD, mem_scratch[slot].get()};
     }
     const dnnl_status_t st = dnnl_primitive_execute(prim.get(), s.get(), n, args);
-    if (st != dnnl_success) throw Error(ErrorKind::internal, "oneDNN matmul failed: status " + std::to_string(int(st)));
+    if (st != dnnl_success)
+      throw Error(ErrorKind::internal, "oneDNN matmul failed: status " + std::to_string(int(st)));
   }
 };
 
@@ -136,7 +137,8 @@ struct AttentionPlan {
   Tile& tile(int rows, int keys) {
     for (auto& t : tiles)
       if (t.rows == rows && t.keys == keys) return t;
-    throw Error(ErrorKind::internal, "attention plan has no tile " + std::to_string(rows) + "x" + std::to_string(keys));
+    throw Error(ErrorKind::internal,
+                "attention plan has no tile " + std::to_string(rows) + "x" + std::to_string(keys));
   }
 };
 
@@ -153,7 +155,8 @@ class FastBackend final : public Backend {
   std::unique_ptr<PackedLinear> pack_linear(const float* weight, const float* bias, int out_features,
                                             int in_features, Precision precision) override {
     if (precision == Precision::bf16 && (!fast::cpu_has_avx512() || std::getenv("PERCEIVER_DISABLE_AVX512")))
-      throw Error(ErrorKind::usage, "--precision bf16 needs a CPU with AVX-512; this one has none (use fp32)");
+      throw Error(ErrorKind::usage,
+                  "--precision bf16 needs a CPU with AVX-512; this one has none (use fp32)");
     ThreadCount tc(threads_);
     auto w = std::make_unique<FastLinear>();
     w->in_features = in_features;
@@ -182,8 +185,8 @@ class FastBackend final : public Backend {
     return w;
   }
 
-  void linear(const PackedLinear& packed, const float* x, long ldx, int rows, float* y, long ldy, Activation act,
-              const float* residual) override {
+  void linear(const PackedLinear& packed, const float* x, long ldx, int rows, float* y, long ldy,
+              Activation act, const float* residual) override {
     if (rows <= 0) return;
     ThreadCount tc(threads_);
     auto& w = const_cast<FastLinear&>(static_cast<const FastLinear&>(packed));
@@ -250,8 +253,9 @@ class FastBackend final : public Backend {
   dnnl::engine engine_;
   std::vector<dnnl::stream> streams_;  // one per thread
   Scratch gemm_scratch_, bf16_input_;
-  Scratch heads_;                      // per-head dense Q, K, V (fp32 or bf16)
-  std::vector<Scratch> thread_scratch_;  // per thread: scores, bf16 probabilities, output tile, oneDNN scratchpad
+  Scratch heads_;  // per-head dense Q, K, V (fp32 or bf16)
+  std::vector<Scratch>
+      thread_scratch_;  // per thread: scores, bf16 probabilities, output tile, oneDNN scratchpad
   std::vector<std::unique_ptr<AttentionPlan>> plans_;
 };
 
@@ -269,8 +273,8 @@ AttentionPlan& FastBackend::attention_plan(const AttentionArgs& a) {
   p.dv = a.dv;
   p.precision = a.precision;
   p.probs = probs;
-  // A tile of scores (tq x kc fp32) stays within about 512 KB, well inside L2. With probabilities requested the
-  // whole key range is one chunk, written straight into the caller's probs rows.
+  // A tile of scores (tq x kc fp32) stays within about 512 KB, well inside L2. With probabilities requested
+  // the whole key range is one chunk, written straight into the caller's probs rows.
   p.tq = std::min(a.nq, 64);
   const int max_keys = std::max(256, (512 << 10) / int(sizeof(float)) / p.tq);
   if (probs || a.nk <= max_keys) {
@@ -323,7 +327,8 @@ void FastBackend::attention(const AttentionArgs& a) {
   // are dense (one head, row stride = width) are used in place.
   auto dense = [&](long ld, int d) { return !bf16 && H == 1 && ld == d; };
   const bool copy_q = !dense(a.ldq, dqk), copy_k = !dense(a.ldk, dqk), copy_v = !dense(a.ldv, dv);
-  const size_t q_elems = copy_q ? size_t(B) * H * nq * dqk : 0, k_elems = copy_k ? size_t(B) * H * nk * dqk : 0,
+  const size_t q_elems = copy_q ? size_t(B) * H * nq * dqk : 0,
+               k_elems = copy_k ? size_t(B) * H * nk * dqk : 0,
                v_elems = copy_v ? size_t(B) * H * nk * dv : 0;
   const size_t q_off = 0, k_off = round_up64(q_elems * esize), v_off = k_off + round_up64(k_elems * esize);
   heads_.reserve(v_off + v_elems * esize + 64);

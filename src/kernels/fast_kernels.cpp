@@ -67,7 +67,8 @@ PCV_AVX512 inline __m512 exp512(__m512 x) {
 
 }  // namespace
 
-PCV_AVX512 void layer_norm_row(const float* x, int n, const float* gamma, const float* beta, float eps, float* y) {
+PCV_AVX512 void layer_norm_row(const float* x, int n, const float* gamma, const float* beta, float eps,
+                               float* y) {
   // Pass 1: mean; pass 2: centred sum of squares (the row is in L1 by then); pass 3: normalise.
   __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
   int j = 0;
@@ -105,8 +106,9 @@ PCV_AVX512 void layer_norm_row(const float* x, int n, const float* gamma, const 
   if (j < n) {
     const __mmask16 m = tail_mask(n - j);
     const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), vmean), inv);
-    _mm512_mask_storeu_ps(y + j, m,
-                          _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(m, gamma + j), _mm512_maskz_loadu_ps(m, beta + j)));
+    _mm512_mask_storeu_ps(
+        y + j, m,
+        _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(m, gamma + j), _mm512_maskz_loadu_ps(m, beta + j)));
   }
 }
 
@@ -119,7 +121,9 @@ PCV_AVX512 float row_max_scaled(const float* x, int n, float scale) {
     m1 = _mm512_max_ps(m1, _mm512_mul_ps(_mm512_loadu_ps(x + j + 16), vs));
   }
   for (; j + 16 <= n; j += 16) m0 = _mm512_max_ps(m0, _mm512_mul_ps(_mm512_loadu_ps(x + j), vs));
-  if (j < n) m1 = _mm512_mask_max_ps(m1, tail_mask(n - j), m1, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(n - j), x + j), vs));
+  if (j < n)
+    m1 = _mm512_mask_max_ps(m1, tail_mask(n - j), m1,
+                            _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(n - j), x + j), vs));
   return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
 }
 
@@ -142,7 +146,8 @@ PCV_AVX512 float exp_scaled_shifted_sum(float* x, int n, float scale, float shif
   }
   if (j < n) {
     const __mmask16 m = tail_mask(n - j);
-    const __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, x + j), vs, vsh)));
+    const __m512 e =
+        _mm512_maskz_mov_ps(m, exp512(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, x + j), vs, vsh)));
     _mm512_mask_storeu_ps(x + j, m, e);
     s1 = _mm512_add_ps(s1, e);
   }
@@ -153,7 +158,9 @@ PCV_AVX512 void scale_copy(const float* x, int n, float a, float* y) {
   const __m512 va = _mm512_set1_ps(a);
   int j = 0;
   for (; j + 16 <= n; j += 16) _mm512_storeu_ps(y + j, _mm512_mul_ps(_mm512_loadu_ps(x + j), va));
-  if (j < n) _mm512_mask_storeu_ps(y + j, tail_mask(n - j), _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(n - j), x + j), va));
+  if (j < n)
+    _mm512_mask_storeu_ps(y + j, tail_mask(n - j),
+                          _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(n - j), x + j), va));
 }
 
 PCV_AVX512 void scale_add(const float* x, int n, float a, float* y) {
@@ -163,7 +170,8 @@ PCV_AVX512 void scale_add(const float* x, int n, float a, float* y) {
     _mm512_storeu_ps(y + j, _mm512_fmadd_ps(_mm512_loadu_ps(y + j), va, _mm512_loadu_ps(x + j)));
   if (j < n) {
     const __mmask16 m = tail_mask(n - j);
-    _mm512_mask_storeu_ps(y + j, m, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, y + j), va, _mm512_maskz_loadu_ps(m, x + j)));
+    _mm512_mask_storeu_ps(
+        y + j, m, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, y + j), va, _mm512_maskz_loadu_ps(m, x + j)));
   }
 }
 
@@ -235,7 +243,8 @@ const bool kUseAvx512 = cpu_has_avx512() && !std::getenv("PERCEIVER_DISABLE_AVX5
 }
 
 void layer_norm_row(const float* x, int n, const float* gamma, const float* beta, float eps, float* y) {
-  kUseAvx512 ? avx512::layer_norm_row(x, n, gamma, beta, eps, y) : portable::layer_norm_row(x, n, gamma, beta, eps, y);
+  kUseAvx512 ? avx512::layer_norm_row(x, n, gamma, beta, eps, y)
+             : portable::layer_norm_row(x, n, gamma, beta, eps, y);
 }
 float row_max_scaled(const float* x, int n, float scale) {
   return kUseAvx512 ? avx512::row_max_scaled(x, n, scale) : portable::row_max_scaled(x, n, scale);

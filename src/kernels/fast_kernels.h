@@ -10,7 +10,6 @@ namespace perceiver::fast {
 bool cpu_has_avx512();       // avx512f + avx512bw + avx512dq + avx512vl
 bool cpu_has_avx512_bf16();  // vcvtneps2bf16
 
-
 // y = (x - mean) / sqrt(var + eps) * gamma + beta over one row of n values (biased variance). y may alias x.
 void layer_norm_row(const float* x, int n, const float* gamma, const float* beta, float eps, float* y);
 

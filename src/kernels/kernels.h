@@ -53,14 +53,14 @@ class Backend {
                                                     int in_features, Precision precision) = 0;
 
   // y[m, :] = act(x[m, :] W^T + b) + residual[m, :]   for m < rows.
-  // x: [rows, K] (row stride ldx), y: [rows, N] (row stride ldy), residual: [rows, N] with stride ldy or nullptr.
-  // y may alias residual (in-place residual add); y must not alias x.
+  // x: [rows, K] (row stride ldx), y: [rows, N] (row stride ldy), residual: [rows, N] with stride ldy or
+  // nullptr. y may alias residual (in-place residual add); y must not alias x.
   virtual void linear(const PackedLinear& w, const float* x, long ldx, int rows, float* y, long ldy,
                       Activation act, const float* residual) = 0;
 
   // y[m, :] = (x[m, :] - mean) / sqrt(var + eps) * gamma + beta, biased variance. y may alias x.
-  virtual void layer_norm(const float* x, int rows, int cols, const float* gamma, const float* beta, float eps,
-                          float* y) = 0;
+  virtual void layer_norm(const float* x, int rows, int cols, const float* gamma, const float* beta,
+                          float eps, float* y) = 0;
 
   virtual void attention(const AttentionArgs& args) = 0;
 };

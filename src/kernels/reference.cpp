@@ -42,8 +42,8 @@ class ReferenceBackend : public Backend {
   }
 
   // y = act(x W^T + b) + residual; bf16 mode rounds x to bf16 as the fast GEMM does, accumulates in fp32+.
-  void linear(const PackedLinear& packed, const float* x, long ldx, int rows, float* y, long ldy, Activation act,
-              const float* residual) override {
+  void linear(const PackedLinear& packed, const float* x, long ldx, int rows, float* y, long ldy,
+              Activation act, const float* residual) override {
     const auto& w = static_cast<const ReferenceLinear&>(packed);
     const int n_out = w.out_features, k_in = w.in_features;
 #pragma omp parallel num_threads(threads_)
@@ -78,12 +78,13 @@ class ReferenceBackend : public Backend {
       var /= cols;
       const double inv_std = 1.0 / std::sqrt(var + eps);
       float* yr = y + size_t(m) * cols;
-      for (int c = 0; c < cols; ++c) yr[c] = static_cast<float>((xr[c] - mean) * inv_std) * gamma[c] + beta[c];
+      for (int c = 0; c < cols; ++c)
+        yr[c] = static_cast<float>((xr[c] - mean) * inv_std) * gamma[c] + beta[c];
     }
   }
 
-  // For each (batch, head, query): scores over all keys, softmax, weighted sum of values. In bf16 mode q, k, v
-  // and the unnormalised probabilities are rounded to bf16 before their products, as the fast backend does.
+  // For each (batch, head, query): scores over all keys, softmax, weighted sum of values. In bf16 mode q, k,
+  // v and the unnormalised probabilities are rounded to bf16 before their products, as the fast backend does.
   void attention(const AttentionArgs& a) override {
     const bool bf16 = a.precision == Precision::bf16;
     auto in = [bf16](float x) { return bf16 ? double(round_to_bf16(x)) : double(x); };
@@ -114,7 +115,8 @@ class ReferenceBackend : public Backend {
             float* out = a.out + (long(b) * a.nq + i) * a.ldo + long(h) * a.dv;
             for (int d = 0; d < a.dv; ++d) {
               double acc = 0;
-              for (int j = 0; j < a.nk; ++j) acc += p[j] * in(a.v[(long(b) * a.nk + j) * a.ldv + long(h) * a.dv + d]);
+              for (int j = 0; j < a.nk; ++j)
+                acc += p[j] * in(a.v[(long(b) * a.nk + j) * a.ldv + long(h) * a.dv + d]);
               out[d] = static_cast<float>(acc / sum);
             }
           }
@@ -127,7 +129,8 @@ class ReferenceBackend : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_reference_backend(int threads) { return std::make_unique<ReferenceBackend>(threads); }
-
+std::unique_ptr<Backend> make_reference_backend(int threads) {
+  return std::make_unique<ReferenceBackend>(threads);
+}
 
 }  // namespace perceiver

@@ -31,8 +31,8 @@ int get_int(const json& j, const std::string& name, const char* key, int fallbac
                    " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
   long long v = it->get<long long>();
   if (v < lo || v > hi)
-    fail(name, std::string("'") + key + "' = " + std::to_string(v) + " is out of range [" + std::to_string(lo) +
-                   ", " + std::to_string(hi) + "]");
+    fail(name, std::string("'") + key + "' = " + std::to_string(v) + " is out of range [" +
+                   std::to_string(lo) + ", " + std::to_string(hi) + "]");
   return static_cast<int>(v);
 }
 
@@ -86,7 +86,8 @@ std::vector<std::string> parse_labels(const json& j, const std::string& name) {
   }
   for (size_t i = 0; i < n; ++i)
     if (!seen[i]) fail(name, "'id2label' has no entry for index " + std::to_string(i));
-  if (auto nl = j.find("num_labels"); nl != j.end() && nl->is_number_integer() && nl->get<long long>() != (long long)n)
+  if (auto nl = j.find("num_labels");
+      nl != j.end() && nl->is_number_integer() && nl->get<long long>() != (long long)n)
     fail(name, "'num_labels' = " + std::to_string(nl->get<long long>()) + " but 'id2label' has " +
                    std::to_string(n) + " entries");
   if (auto l2i = j.find("label2id"); l2i != j.end() && l2i->is_object()) {
@@ -130,13 +131,15 @@ LayerShape make_layer(const std::string& name, const char* what, bool is_cross, 
 // Weights of one PerceiverLayer: layer norms, q/k/v/output projections, MLP (with biases).
 double layer_parameters(const LayerShape& s) {
   const double q = s.q_dim, kv = s.kv_dim, qk = s.qk_channels, v = s.v_channels, h = s.mlp_hidden;
-  return 4 * q + 2 * kv + (q + 1) * qk + (kv + 1) * qk + (kv + 1) * v + (v + 1) * q + (q + 1) * h + (h + 1) * q;
+  return 4 * q + 2 * kv + (q + 1) * qk + (kv + 1) * qk + (kv + 1) * v + (v + 1) * q + (q + 1) * h +
+         (h + 1) * q;
 }
 
 // Parameters a config describes, in floating point (no overflow): what loading it would allocate.
 double parameter_estimate(const PerceiverConfig& c) {
   double n = double(c.num_latents) * c.d_latents + c.d_latents;  // latents, decoder query
-  n += layer_parameters(c.encoder_cross) + double(c.num_self_attends_per_block) * layer_parameters(c.self_attention) +
+  n += layer_parameters(c.encoder_cross) +
+       double(c.num_self_attends_per_block) * layer_parameters(c.self_attention) +
        layer_parameters(c.decoder_cross);
   n += (double(c.d_latents) + 1) * c.num_labels();  // final layer
   if (c.architecture == Architecture::learned)
@@ -154,7 +157,9 @@ PerceiverConfig parse_config(const std::string& json_text, const std::string& na
   PerceiverConfig c;
   auto arch = j.find("architectures");
   if (arch == j.end() || !arch->is_array() || arch->empty() || !(*arch)[0].is_string())
-    fail(name, "'architectures' must name the model class, e.g. [\"PerceiverForImageClassificationConvProcessing\"]");
+    fail(name,
+         "'architectures' must name the model class, e.g. "
+         "[\"PerceiverForImageClassificationConvProcessing\"]");
   c.architecture_name = (*arch)[0].get<std::string>();
   if (c.architecture_name == "PerceiverForImageClassificationConvProcessing")
     c.architecture = Architecture::conv;
@@ -166,7 +171,8 @@ PerceiverConfig parse_config(const std::string& json_text, const std::string& na
     fail(name, "unsupported architecture '" + printable(c.architecture_name) +
                    "' (supported: PerceiverForImageClassificationConvProcessing, "
                    "PerceiverForImageClassificationFourier, PerceiverForImageClassificationLearned)");
-  if (auto mt = j.find("model_type"); mt != j.end() && mt->is_string() && mt->get<std::string>() != "perceiver")
+  if (auto mt = j.find("model_type");
+      mt != j.end() && mt->is_string() && mt->get<std::string>() != "perceiver")
     fail(name, "model_type is '" + printable(mt->get<std::string>()) + "', expected 'perceiver'");
 
   // Defaults are PerceiverConfig's.
@@ -190,25 +196,32 @@ PerceiverConfig parse_config(const std::string& json_text, const std::string& na
   c.labels = parse_labels(j, name);
 
   switch (c.architecture) {
-    case Architecture::conv: c.input_channels = kConvStemChannels + 2 + 4 * kFourierBands; break;
-    case Architecture::fourier: c.input_channels = 3 + 2 + 4 * kFourierBands; break;
-    case Architecture::learned: c.input_channels = 2 * kLearnedChannels; break;
+    case Architecture::conv:
+      c.input_channels = kConvStemChannels + 2 + 4 * kFourierBands;
+      break;
+    case Architecture::fourier:
+      c.input_channels = 3 + 2 + 4 * kFourierBands;
+      break;
+    case Architecture::learned:
+      c.input_channels = 2 * kLearnedChannels;
+      break;
   }
   c.encoder_cross = make_layer(name, "encoder cross-attention", true, c.d_latents, c.input_channels, qk, v,
                                cross_heads, cross_widening, use_query_residual, shape_for_attention);
   c.self_attention = make_layer(name, "self-attention", false, c.d_latents, c.d_latents, qk, v, self_heads,
                                 self_widening, true, shape_for_attention);
   // PerceiverClassificationDecoder: 1 head, widening 1, query residual, qk/v from the kv width rule.
-  c.decoder_cross = make_layer(name, "decoder cross-attention", true, c.d_latents, c.d_latents, 0, 0, 1, 1, true,
-                               shape_for_attention);
+  c.decoder_cross = make_layer(name, "decoder cross-attention", true, c.d_latents, c.d_latents, 0, 0, 1, 1,
+                               true, shape_for_attention);
   // Every value is in range on its own; their products size the weights. Refuse absurd totals here, before
   // anything is allocated for them (a model load would otherwise allocate what the config merely claims).
   const double params = parameter_estimate(c);
   if (params > kMaxParameters)
     fail(name, "the model it describes would have " + std::to_string(static_cast<long long>(params)) +
-                   " parameters, more than the limit of " + std::to_string(static_cast<long long>(kMaxParameters)) +
-                   " (num_latents " + std::to_string(c.num_latents) + " x d_latents " + std::to_string(c.d_latents) +
-                   ", " + std::to_string(c.num_self_attends_per_block) + " self-attention layers, image_size " +
+                   " parameters, more than the limit of " +
+                   std::to_string(static_cast<long long>(kMaxParameters)) + " (num_latents " +
+                   std::to_string(c.num_latents) + " x d_latents " + std::to_string(c.d_latents) + ", " +
+                   std::to_string(c.num_self_attends_per_block) + " self-attention layers, image_size " +
                    std::to_string(c.image_size) + ", " + std::to_string(c.num_labels()) + " labels)");
   return c;
 }
@@ -217,14 +230,16 @@ PerceiverConfig load_config(const std::filesystem::path& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) {
     const int err = errno;
-    throw Error(ErrorKind::model, path.string() + ": " + (err == ENOENT ? std::string("no such file") : std::strerror(err)));
+    throw Error(ErrorKind::model,
+                path.string() + ": " + (err == ENOENT ? std::string("no such file") : std::strerror(err)));
   }
   if (!S_ISREG(st.st_mode)) throw Error(ErrorKind::model, path.string() + ": not a regular file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(ErrorKind::model, path.string() + ": cannot open (no such file?)");
   in.seekg(0, std::ios::end);
   auto size = static_cast<long long>(in.tellg());
-  if (size < 0 || size > (16 << 20)) throw Error(ErrorKind::model, path.string() + ": too large for a config file");
+  if (size < 0 || size > (16 << 20))
+    throw Error(ErrorKind::model, path.string() + ": too large for a config file");
   in.seekg(0);
   std::string text(static_cast<size_t>(size), '\0');
   in.read(text.data(), size);

@@ -11,8 +11,8 @@ enum class Architecture { conv, fourier, learned };
 
 // Widths of one PerceiverLayer (attention + MLP), derived as Hugging Face's PerceiverLayer derives them.
 struct LayerShape {
-  int q_dim = 0;       // query stream width (and output width)
-  int kv_dim = 0;      // key/value stream width
+  int q_dim = 0;        // query stream width (and output width)
+  int kv_dim = 0;       // key/value stream width
   int qk_channels = 0;  // total query/key width over all heads
   int v_channels = 0;   // total value width over all heads
   int heads = 1;
@@ -26,7 +26,7 @@ struct PerceiverConfig {
   Architecture architecture = Architecture::conv;
   int num_latents = 0, d_latents = 0;
   int num_blocks = 0, num_self_attends_per_block = 0;
-  int image_size = 56;  // learned model: the position table covers image_size^2 pixels
+  int image_size = 56;              // learned model: the position table covers image_size^2 pixels
   std::vector<std::string> labels;  // id2label in index order
 
   // Derived.

@@ -39,8 +39,8 @@ struct Weight {
   std::vector<float> vec() const { return std::vector<float>(data, data + size); }
 };
 
-// Reads tensors by name from a weight file, checking dtype and shape, and remembers which were used. Without a
-// file it makes up random weights of the requested shapes (Model::create_random).
+// Reads tensors by name from a weight file, checking dtype and shape, and remembers which were used. Without
+// a file it makes up random weights of the requested shapes (Model::create_random).
 class WeightReader {
  public:
   // release_pages: the file is memory-mapped (safetensors), so release() may drop a tensor's pages.
@@ -49,7 +49,8 @@ class WeightReader {
 
   Weight get(const std::string& name, const std::vector<int64_t>& shape) {
     Weight w;
-    if (!name.ends_with("running_mean") && !name.ends_with("running_var")) num_parameters_ += int64_t(count(shape));
+    if (!name.ends_with("running_mean") && !name.ends_with("running_var"))
+      num_parameters_ += int64_t(count(shape));
     if (!file_) {
       w.owned = random_tensor(name, count(shape));
     } else if (const TensorRef* t = file_->find(name); !t) {
@@ -58,7 +59,8 @@ class WeightReader {
       // than allocate what config.json merely claims (a hostile config with an empty weights file).
       missing_elements_ += count(shape);
       if (missing_elements_ > kMaxMissingElements)
-        throw Error(ErrorKind::model, file_->path().string() + ": weights do not match config.json: missing " +
+        throw Error(ErrorKind::model, file_->path().string() +
+                                          ": weights do not match config.json: missing " +
                                           name_list(missing_) + " and possibly more");
       w.owned.assign(count(shape), 0.0f);
     } else {
@@ -192,16 +194,18 @@ class PerceiverModel final : public Model {
   };
   InputGeometry geometry(int height, int width) const;
 
-  void load_layer(WeightReader& reader, const std::string& prefix, const LayerShape& shape, LayerWeights* layer);
+  void load_layer(WeightReader& reader, const std::string& prefix, const LayerShape& shape,
+                  LayerWeights* layer);
   LayerNormWeights load_layer_norm(WeightReader& reader, const std::string& prefix, int width);
   std::unique_ptr<PackedLinear> load_linear(WeightReader& reader, const std::string& prefix, int out, int in);
 
   void prepare(int batch, int height, int width);
   void build_inputs(const ForwardArgs& args);  // pixels -> inputs_ [B, N, C]
   // x: [batch * nq, q_dim], updated in place. kv_raw: [batch * nk, kv_dim] for cross-attention, or nullptr.
-  void run_layer(const LayerWeights& w, float* x, int batch, int nq, const float* kv_raw, int nk, float* probs,
-                 const ForwardArgs& args, const char* attention_out_name);
-  void trace(const ForwardArgs& args, std::string_view name, std::vector<int64_t> shape, const float* data) const {
+  void run_layer(const LayerWeights& w, float* x, int batch, int nq, const float* kv_raw, int nk,
+                 float* probs, const ForwardArgs& args, const char* attention_out_name);
+  void trace(const ForwardArgs& args, std::string_view name, std::vector<int64_t> shape,
+             const float* data) const {
     if (args.trace) (*args.trace)(name, shape, data);
   }
 
@@ -275,7 +279,8 @@ PerceiverModel::PerceiverModel(PerceiverConfig config, WeightReader& reader, con
       }
       break;
     }
-    case Architecture::fourier: break;
+    case Architecture::fourier:
+      break;
     case Architecture::learned: {
       const std::string lp = p + "input_preprocessor.";
       auto w = reader.get(lp + "convnet_1x1.weight", {kLearnedChannels, 3, 1, 1});
@@ -296,7 +301,8 @@ PerceiverModel::PerceiverModel(PerceiverConfig config, WeightReader& reader, con
   load_layer(reader, p + "encoder.cross_attention.", c.encoder_cross, &encoder_cross_);
   self_attends_.resize(c.num_self_attends_per_block);
   for (int i = 0; i < c.num_self_attends_per_block; ++i)
-    load_layer(reader, p + "encoder.self_attends." + std::to_string(i) + ".", c.self_attention, &self_attends_[i]);
+    load_layer(reader, p + "encoder.self_attends." + std::to_string(i) + ".", c.self_attention,
+               &self_attends_[i]);
   const std::string dp = p + "decoder.decoder.";
   decoder_query_ = reader.get(dp + "output_position_encodings.position_embeddings", {1, D}).vec();
   load_layer(reader, dp + "decoding_cross_attention.", c.decoder_cross, &decoder_cross_);
@@ -309,7 +315,8 @@ PerceiverModel::PerceiverModel(PerceiverConfig config, WeightReader& reader, con
   info_.num_labels = c.num_labels();
   info_.num_latents = c.num_latents;
   info_.d_latents = c.d_latents;
-  if (c.architecture == Architecture::learned) info_.fixed_image_height = info_.fixed_image_width = c.image_size;
+  if (c.architecture == Architecture::learned)
+    info_.fixed_image_height = info_.fixed_image_width = c.image_size;
   info_.num_parameters = reader.num_parameters();
 }
 
@@ -317,8 +324,8 @@ LayerNormWeights PerceiverModel::load_layer_norm(WeightReader& reader, const std
   return {reader.get(prefix + ".weight", {width}).vec(), reader.get(prefix + ".bias", {width}).vec()};
 }
 
-std::unique_ptr<PackedLinear> PerceiverModel::load_linear(WeightReader& reader, const std::string& prefix, int out,
-                                                          int in) {
+std::unique_ptr<PackedLinear> PerceiverModel::load_linear(WeightReader& reader, const std::string& prefix,
+                                                          int out, int in) {
   auto w = reader.get(prefix + ".weight", {out, in});
   auto b = reader.get(prefix + ".bias", {out});
   auto packed = backend_->pack_linear(w.data, b.data, out, in, options_.precision);
@@ -339,7 +346,8 @@ void PerceiverModel::load_layer(WeightReader& reader, const std::string& prefix,
     const int n = 2 * s.qk_channels + s.v_channels;
     std::vector<float> weight(size_t(n) * s.q_dim), bias(n);
     int row = 0;
-    for (const auto& [name, rows] : {std::pair<const char*, int>{"query", s.qk_channels}, {"key", s.qk_channels},
+    for (const auto& [name, rows] : {std::pair<const char*, int>{"query", s.qk_channels},
+                                     {"key", s.qk_channels},
                                      {"value", s.v_channels}}) {
       auto w = reader.get(prefix + "attention.self." + name + ".weight", {rows, s.q_dim});
       auto b = reader.get(prefix + "attention.self." + name + ".bias", {rows});
@@ -380,7 +388,8 @@ void PerceiverModel::check_input_size(int height, int width) const {
     case Architecture::conv:
       if (height < 5 || width < 5) bad("the conv stem needs at least 5x5 pixels");
       break;
-    case Architecture::fourier: break;
+    case Architecture::fourier:
+      break;
     case Architecture::learned:
       if (int64_t(height) * width != int64_t(config_.image_size) * config_.image_size)
         bad("its position table covers " + std::to_string(config_.image_size) + "x" +
@@ -396,7 +405,8 @@ double PerceiverModel::flops_per_image(int height, int width) const {
   const double n = geometry(height, width).tokens(), l = c.num_latents;
   auto layer_macs = [](const LayerShape& s, double nq, double nk) {
     return nq * s.q_dim * s.qk_channels + 2 * nk * s.kv_dim * (s.qk_channels + s.v_channels) / 2 +
-           nq * nk * (s.qk_channels + s.v_channels) + nq * s.v_channels * s.q_dim + 2 * nq * s.q_dim * s.mlp_hidden;
+           nq * nk * (s.qk_channels + s.v_channels) + nq * s.v_channels * s.q_dim +
+           2 * nq * s.q_dim * s.mlp_hidden;
   };
   double macs = layer_macs(c.encoder_cross, l, n) +
                 double(c.num_blocks) * c.num_self_attends_per_block * layer_macs(c.self_attention, l, l) +
@@ -459,7 +469,8 @@ void PerceiverModel::build_inputs(const ForwardArgs& args) {
     const int H1 = w.geo.stem_h, W1 = w.geo.stem_w, H2 = w.geo.tokens_h, W2 = w.geo.tokens_w;
     const int K = 3 * 49;
     // im2col of the zero-padded (3 each side) image for the 7x7 stride-2 conv, [rows*W1, 3*7*7], a band of
-    // stem rows at a time (about 1 MB) so that the buffer stays small and in cache; then the GEMM of the band.
+    // stem rows at a time (about 1 MB) so that the buffer stays small and in cache; then the GEMM of the
+    // band.
     float* stem = w.stem_out.data();  // [B, H1, W1, 64] channels-last
     const int band = stem_band_rows(W1);
     for (int r0 = 0; r0 < B * H1; r0 += band) {
@@ -488,7 +499,8 @@ void PerceiverModel::build_inputs(const ForwardArgs& args) {
       for (int b = 0; b < B; ++b)
         for (int o = 0; o < kConvStemChannels; ++o)
           for (int t = 0; t < h * wd; ++t)
-            w.scratch[(size_t(b) * kConvStemChannels + o) * h * wd + t] = src[b * src_stride_batch + t * src_stride_token + o];
+            w.scratch[(size_t(b) * kConvStemChannels + o) * h * wd + t] =
+                src[b * src_stride_batch + t * src_stride_token + o];
       trace(args, name, {B, kConvStemChannels, h, wd}, w.scratch.data());
     };
     trace_nchw("conv_out", stem, H1, W1, kConvStemChannels, long(H1) * W1 * kConvStemChannels);
@@ -500,7 +512,7 @@ void PerceiverModel::build_inputs(const ForwardArgs& args) {
         float& v = stem[t * kConvStemChannels + o];
         v = std::max(0.0f, v * bn_scale_[o] + bn_shift_[o]);
       }
-    // 3x3 stride-2 max-pool, no padding, straight into the first 64 channels of each token.
+      // 3x3 stride-2 max-pool, no padding, straight into the first 64 channels of each token.
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; ++b)
       for (int y = 0; y < H2; ++y)
@@ -510,7 +522,8 @@ void PerceiverModel::build_inputs(const ForwardArgs& args) {
             float m = -INFINITY;
             for (int dy = 0; dy < 3; ++dy)
               for (int dx = 0; dx < 3; ++dx)
-                m = std::max(m, stem[((size_t(b) * H1 + 2 * y + dy) * W1 + 2 * x + dx) * kConvStemChannels + o]);
+                m = std::max(m,
+                             stem[((size_t(b) * H1 + 2 * y + dy) * W1 + 2 * x + dx) * kConvStemChannels + o]);
             dst[o] = m;
           }
         }
@@ -523,7 +536,8 @@ void PerceiverModel::build_inputs(const ForwardArgs& args) {
         for (int t = 0; t < H * W; ++t)
           w.pixels_hwc[(size_t(b) * H * W + t) * 3 + i] = pixels[(size_t(b) * 3 + i) * H * W + t];
     if (c.architecture == Architecture::fourier) {
-      for (size_t t = 0; t < size_t(B) * N; ++t) std::memcpy(&inputs[t * C], &w.pixels_hwc[t * 3], 3 * sizeof(float));
+      for (size_t t = 0; t < size_t(B) * N; ++t)
+        std::memcpy(&inputs[t * C], &w.pixels_hwc[t * 3], 3 * sizeof(float));
       pos_offset = 3;
     } else {  // learned: 1x1 conv to 256 channels, then the projected position table
       backend_->linear(*conv1x1_, w.pixels_hwc.data(), 3, B * N, inputs, C, Activation::none, nullptr);
@@ -543,21 +557,25 @@ void PerceiverModel::build_inputs(const ForwardArgs& args) {
   trace(args, "preproc_output", {B, N, C}, inputs);
 }
 
-void PerceiverModel::run_layer(const LayerWeights& lw, float* x, int batch, int nq, const float* kv_raw, int nk,
-                               float* probs, const ForwardArgs& args, const char* attention_out_name) {
+void PerceiverModel::run_layer(const LayerWeights& lw, float* x, int batch, int nq, const float* kv_raw,
+                               int nk, float* probs, const ForwardArgs& args,
+                               const char* attention_out_name) {
   auto& w = ws_;
   const LayerShape& s = lw.shape;
   const int rows_q = batch * nq, rows_kv = batch * nk;
   float* x_norm = w.x_norm.data();
-  backend_->layer_norm(x, rows_q, s.q_dim, lw.ln_query.gamma.data(), lw.ln_query.beta.data(), kLayerNormEps, x_norm);
+  backend_->layer_norm(x, rows_q, s.q_dim, lw.ln_query.gamma.data(), lw.ln_query.beta.data(), kLayerNormEps,
+                       x_norm);
   AttentionArgs a;
   if (kv_raw) {  // cross-attention: queries from LN(x), keys and values from LN(kv_raw)
-    backend_->layer_norm(kv_raw, rows_kv, s.kv_dim, lw.ln_kv.gamma.data(), lw.ln_kv.beta.data(), kLayerNormEps,
-                         w.kv_norm.data());
+    backend_->layer_norm(kv_raw, rows_kv, s.kv_dim, lw.ln_kv.gamma.data(), lw.ln_kv.beta.data(),
+                         kLayerNormEps, w.kv_norm.data());
     const float* kv = w.kv_norm.data();
-    backend_->linear(*lw.query, x_norm, s.q_dim, rows_q, w.queries.data(), s.qk_channels, Activation::none, nullptr);
+    backend_->linear(*lw.query, x_norm, s.q_dim, rows_q, w.queries.data(), s.qk_channels, Activation::none,
+                     nullptr);
     backend_->linear(*lw.key, kv, s.kv_dim, rows_kv, w.keys.data(), s.qk_channels, Activation::none, nullptr);
-    backend_->linear(*lw.value, kv, s.kv_dim, rows_kv, w.values.data(), s.v_channels, Activation::none, nullptr);
+    backend_->linear(*lw.value, kv, s.kv_dim, rows_kv, w.values.data(), s.v_channels, Activation::none,
+                     nullptr);
     a.q = w.queries.data();
     a.k = w.keys.data();
     a.v = w.values.data();
@@ -588,13 +606,16 @@ void PerceiverModel::run_layer(const LayerWeights& lw, float* x, int batch, int 
   if (s.query_residual) {
     backend_->linear(*lw.output, w.context.data(), s.v_channels, rows_q, x, s.q_dim, Activation::none, x);
   } else {
-    backend_->linear(*lw.output, w.context.data(), s.v_channels, rows_q, x_norm, s.q_dim, Activation::none, nullptr);
+    backend_->linear(*lw.output, w.context.data(), s.v_channels, rows_q, x_norm, s.q_dim, Activation::none,
+                     nullptr);
     std::memcpy(x, x_norm, sizeof(float) * size_t(rows_q) * s.q_dim);
   }
   if (attention_out_name) trace(args, attention_out_name, {batch, nq, s.q_dim}, x);
   // x += MLP(LN(x))
-  backend_->layer_norm(x, rows_q, s.q_dim, lw.ln_mlp.gamma.data(), lw.ln_mlp.beta.data(), kLayerNormEps, x_norm);
-  backend_->linear(*lw.mlp1, x_norm, s.q_dim, rows_q, w.hidden.data(), s.mlp_hidden, Activation::gelu, nullptr);
+  backend_->layer_norm(x, rows_q, s.q_dim, lw.ln_mlp.gamma.data(), lw.ln_mlp.beta.data(), kLayerNormEps,
+                       x_norm);
+  backend_->linear(*lw.mlp1, x_norm, s.q_dim, rows_q, w.hidden.data(), s.mlp_hidden, Activation::gelu,
+                   nullptr);
   backend_->linear(*lw.mlp2, w.hidden.data(), s.mlp_hidden, rows_q, x, s.q_dim, Activation::none, x);
 }
 
@@ -634,17 +655,20 @@ void PerceiverModel::forward(const ForwardArgs& args) {
   if (args.latents) std::memcpy(args.latents, w.x.data(), sizeof(float) * size_t(B) * L * D);
 
   // Classification decoder: one trainable query [1, D] attends to the latents.
-  const std::vector<float>& z = w.x;  // encoder output [B, L, D]
+  const std::vector<float>& z = w.x;            // encoder output [B, L, D]
   std::vector<float>& decoder_x = w.decoder_x;  // [B, 1, D]
-  for (int b = 0; b < B; ++b) std::memcpy(&decoder_x[size_t(b) * D], decoder_query_.data(), sizeof(float) * D);
+  for (int b = 0; b < B; ++b)
+    std::memcpy(&decoder_x[size_t(b) * D], decoder_query_.data(), sizeof(float) * D);
   trace(args, "decoder_query", {B, 1, D}, decoder_x.data());
   probs = probs_for(1, 1, L);
   run_layer(decoder_cross_, decoder_x.data(), B, 1, z.data(), L, probs, args, nullptr);
   if (probs) trace(args, "decoder_cross_attn_probs", {B, 1, 1, L}, probs);
   trace(args, "decoder_cross_attn_out", {B, 1, D}, decoder_x.data());
-  if (args.decoder_features) std::memcpy(args.decoder_features, decoder_x.data(), sizeof(float) * size_t(B) * D);
+  if (args.decoder_features)
+    std::memcpy(args.decoder_features, decoder_x.data(), sizeof(float) * size_t(B) * D);
   if (args.logits) {
-    backend_->linear(*final_layer_, decoder_x.data(), D, B, args.logits, c.num_labels(), Activation::none, nullptr);
+    backend_->linear(*final_layer_, decoder_x.data(), D, B, args.logits, c.num_labels(), Activation::none,
+                     nullptr);
     trace(args, "logits", {B, c.num_labels()}, args.logits);
   }
 }
@@ -658,10 +682,12 @@ std::unique_ptr<Model> Model::load(const std::filesystem::path& model_dir, const
     weights_path = model_dir / "model.safetensors";
     if (!std::filesystem::exists(weights_path)) weights_path = model_dir / "pytorch_model.bin";
     if (!std::filesystem::exists(weights_path))
-      throw Error(ErrorKind::model, model_dir.string() + ": neither model.safetensors nor pytorch_model.bin found");
+      throw Error(ErrorKind::model,
+                  model_dir.string() + ": neither model.safetensors nor pytorch_model.bin found");
   }
   auto file = open_weights(weights_path);
-  // safetensors files are memory-mapped (tensor_file.h); a torch zip starts with "PK" and is read into memory.
+  // safetensors files are memory-mapped (tensor_file.h); a torch zip starts with "PK" and is read into
+  // memory.
   char magic[2] = {};
   std::ifstream(weights_path, std::ios::binary).read(magic, 2);
   const bool mapped = !(magic[0] == 'P' && magic[1] == 'K');

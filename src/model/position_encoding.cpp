@@ -5,10 +5,10 @@
 namespace perceiver {
 
 std::vector<float> linspace_f32(float start, float end, int steps) {
-  // PyTorch 1.13's CPU kernel (RangeFactoriesKernel): step = (end - start) / (steps - 1); the first half counts
-  // up from start, the second half down from end, each value computed with a fused multiply-add. Full blocks
-  // of 2 x 8 values take the AVX2 vector path: the block's first value as above, then base + k * step (no
-  // fusion). The tail is scalar. Checked bit for bit against torch.linspace and the golden vectors.
+  // PyTorch 1.13's CPU kernel (RangeFactoriesKernel): step = (end - start) / (steps - 1); the first half
+  // counts up from start, the second half down from end, each value computed with a fused multiply-add. Full
+  // blocks of 2 x 8 values take the AVX2 vector path: the block's first value as above, then base + k * step
+  // (no fusion). The tail is scalar. Checked bit for bit against torch.linspace and the golden vectors.
   std::vector<float> out(steps);
   if (steps == 1) {
     out[0] = start;
@@ -32,7 +32,8 @@ std::vector<float> linspace_f32(float start, float end, int steps) {
   return out;
 }
 
-std::vector<float> fourier_position_encoding(int height, int width, int max_res_h, int max_res_w, int num_bands) {
+std::vector<float> fourier_position_encoding(int height, int width, int max_res_h, int max_res_w,
+                                             int num_bands) {
   const std::vector<float> ys = linspace_f32(-1.0f, 1.0f, height);
   const std::vector<float> xs = linspace_f32(-1.0f, 1.0f, width);
   const std::vector<float> freq_y = linspace_f32(1.0f, static_cast<float>(max_res_h / 2.0), num_bands);

@@ -12,6 +12,7 @@ std::vector<float> linspace_f32(float start, float end, int steps);
 // concat_pos=True, sine_only=False). Output [height * width, 2 + 4 * num_bands], channels:
 //   [y, x, sin(pi f_k y) k<bands, sin(pi f_k x), cos(pi f_k y), cos(pi f_k x)]
 // with y the row coordinate in [-1, 1] and f_k = linspace(1, max_resolution / 2, num_bands).
-std::vector<float> fourier_position_encoding(int height, int width, int max_res_h, int max_res_w, int num_bands);
+std::vector<float> fourier_position_encoding(int height, int width, int max_res_h, int max_res_w,
+                                             int num_bands);
 
 }  // namespace perceiver

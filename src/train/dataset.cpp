@@ -25,7 +25,8 @@ bool is_image_file(const std::filesystem::path& p) {
 }
 
 std::string trim(std::string s) {
-  while (!s.empty() && (s.back() == '\r' || s.back() == '\n' || s.back() == ' ' || s.back() == '\t')) s.pop_back();
+  while (!s.empty() && (s.back() == '\r' || s.back() == '\n' || s.back() == ' ' || s.back() == '\t'))
+    s.pop_back();
   size_t i = 0;
   while (i < s.size() && (s[i] == ' ' || s[i] == '\t')) ++i;
   return s.substr(i);
@@ -104,8 +105,9 @@ LabelledFiles scan_labelled_data(const std::filesystem::path& data) {
       for (auto& f : files) pairs.emplace_back(f, dir.filename().string());
     }
     if (pairs.empty())
-      throw Error(ErrorKind::bad_input,
-                  data.string() + ": no images found (expected one sub-folder of .jpg/.png/.webp images per class)");
+      throw Error(
+          ErrorKind::bad_input,
+          data.string() + ": no images found (expected one sub-folder of .jpg/.png/.webp images per class)");
     return from_pairs(std::move(pairs), data.string());
   }
   if (!std::filesystem::is_regular_file(data, ec))
@@ -130,7 +132,8 @@ LabelledFiles scan_labelled_data(const std::filesystem::path& data) {
   return from_pairs(std::move(pairs), data.string());
 }
 
-std::vector<int> match_classes(const std::vector<std::string>& classes, const std::vector<std::string>& labels) {
+std::vector<int> match_classes(const std::vector<std::string>& classes,
+                               const std::vector<std::string>& labels) {
   std::vector<int> out;
   std::string missing;
   for (const auto& c : classes) {
@@ -179,7 +182,8 @@ FeatureStore::FeatureStore(int64_t count, int64_t row_floats, uint64_t max_memor
   std::filesystem::path dir = cache_dir.empty() ? std::filesystem::temp_directory_path() : cache_dir;
   std::string templ = (dir / "perceiver-features-XXXXXX").string();
   const int fd = ::mkstemp(templ.data());
-  if (fd < 0) throw Error(ErrorKind::io, templ + ": cannot create feature cache file: " + std::strerror(errno));
+  if (fd < 0)
+    throw Error(ErrorKind::io, templ + ": cannot create feature cache file: " + std::strerror(errno));
   ::unlink(templ.c_str());  // anonymous from now on: disappears with the mapping
   if (::ftruncate(fd, off_t(bytes)) != 0) {
     const int err = errno;
@@ -227,8 +231,8 @@ ImageSource file_source(const std::vector<std::filesystem::path>& files) {
   return [files](int64_t i) { return load_image(files[size_t(i)], DecodeOptions{}); };
 }
 
-double run_model_on_images(Model& model, const PreprocessorConfig& prep, int64_t count, const ImageSource& source,
-                           int batch, bool progress, const std::string& label,
+double run_model_on_images(Model& model, const PreprocessorConfig& prep, int64_t count,
+                           const ImageSource& source, int batch, bool progress, const std::string& label,
                            const std::function<void(ForwardArgs& args, int64_t first)>& bind) {
   batch = std::max(1, batch);
   Progress bar(label, count, progress);
@@ -276,9 +280,9 @@ double run_model_on_images(Model& model, const PreprocessorConfig& prep, int64_t
   return rate;
 }
 
-FeatureStore encode_latents(Model& model, const PreprocessorConfig& prep, int64_t count, const ImageSource& source,
-                            int batch, bool progress, const std::string& label, uint64_t max_memory_bytes,
-                            const std::filesystem::path& cache_dir) {
+FeatureStore encode_latents(Model& model, const PreprocessorConfig& prep, int64_t count,
+                            const ImageSource& source, int batch, bool progress, const std::string& label,
+                            uint64_t max_memory_bytes, const std::filesystem::path& cache_dir) {
   const ModelInfo& info = model.info();
   FeatureStore store(count, int64_t(info.num_latents) * info.d_latents, max_memory_bytes, cache_dir);
   run_model_on_images(model, prep, count, source, batch, progress, label,

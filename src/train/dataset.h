@@ -20,25 +20,27 @@ struct LabelledFiles {
 };
 
 // `data` is either
-//   - a folder with one sub-folder per class (the sub-folder's name is the label) holding .jpg/.jpeg/.png/.webp
+//   - a folder with one sub-folder per class (the sub-folder's name is the label) holding
+//   .jpg/.jpeg/.png/.webp
 //     images (searched recursively, sorted); sub-folders without images are skipped, or
 //   - a .csv file of `file,label` lines (an optional first line "file,label" is skipped; relative paths are
 //     relative to the CSV's folder; a field may be double-quoted).
 // Classes are sorted by name; files keep folder (sorted) or CSV order. Throws Error(bad_input).
 LabelledFiles scan_labelled_data(const std::filesystem::path& data);
 
-// Maps each data class to the model label of the same name: exact match first, else the same after lowercasing
-// and dropping everything but letters and digits ("t_shirt_top" matches "T-shirt/top"). Throws
+// Maps each data class to the model label of the same name: exact match first, else the same after
+// lowercasing and dropping everything but letters and digits ("t_shirt_top" matches "T-shirt/top"). Throws
 // Error(bad_input) naming the classes that match nothing.
-std::vector<int> match_classes(const std::vector<std::string>& classes, const std::vector<std::string>& labels);
+std::vector<int> match_classes(const std::vector<std::string>& classes,
+                               const std::vector<std::string>& labels);
 
-// Stratified split: per class, a seeded shuffle puts round(fraction * n) images (at least one when fraction > 0
-// and the class has two or more) in validation. Both lists come back in ascending index order.
+// Stratified split: per class, a seeded shuffle puts round(fraction * n) images (at least one when fraction >
+// 0 and the class has two or more) in validation. Both lists come back in ascending index order.
 void split_train_val(const std::vector<int>& labels, int num_classes, double fraction, uint64_t seed,
                      std::vector<int64_t>* train, std::vector<int64_t>* val);
 
-// Per-image feature rows (e.g. encoder latents [L, D] flattened), in memory or, when they would take more than
-// `max_memory_bytes`, in an unlinked memory-mapped temporary file in `cache_dir` (paged by the OS).
+// Per-image feature rows (e.g. encoder latents [L, D] flattened), in memory or, when they would take more
+// than `max_memory_bytes`, in an unlinked memory-mapped temporary file in `cache_dir` (paged by the OS).
 class FeatureStore {
  public:
   FeatureStore() = default;
@@ -71,14 +73,16 @@ using ImageSource = std::function<ImageU8(int64_t index)>;
 // Runs the model on every image (preprocessed with `prep`, `batch` at a time, decoding in parallel). For each
 // forward pass, `bind` sets the output pointers of `args` (logits, latents, decoder_features) for images
 // [first, first + args.batch). `progress` shows a bar labelled `label` on stderr. Returns images per second.
-double run_model_on_images(Model& model, const PreprocessorConfig& prep, int64_t count, const ImageSource& source,
-                           int batch, bool progress, const std::string& label,
+double run_model_on_images(Model& model, const PreprocessorConfig& prep, int64_t count,
+                           const ImageSource& source, int batch, bool progress, const std::string& label,
                            const std::function<void(ForwardArgs& args, int64_t first)>& bind);
 
-// Runs the model's encoder on every image (preprocessed with `prep`, `batch` at a time, decoding in parallel) and
-// stores the latents [num_latents * d_latents] per image. `progress` shows a bar labelled `label` on stderr.
-FeatureStore encode_latents(Model& model, const PreprocessorConfig& prep, int64_t count, const ImageSource& source,
-                            int batch, bool progress, const std::string& label = "encoding",
+// Runs the model's encoder on every image (preprocessed with `prep`, `batch` at a time, decoding in parallel)
+// and stores the latents [num_latents * d_latents] per image. `progress` shows a bar labelled `label` on
+// stderr.
+FeatureStore encode_latents(Model& model, const PreprocessorConfig& prep, int64_t count,
+                            const ImageSource& source, int batch, bool progress,
+                            const std::string& label = "encoding",
                             uint64_t max_memory_bytes = uint64_t(4) << 30,
                             const std::filesystem::path& cache_dir = {});
 

@@ -82,11 +82,13 @@ void write_model_dir(const std::filesystem::path& source_dir, const std::filesys
   write_safetensors(out_dir / "model.safetensors", entries);
 
   const auto prep_path = source_dir / "preprocessor_config.json";
-  write_file_atomic(out_dir / "preprocessor_config.json",
-                    std::filesystem::exists(prep_path) ? read_text(prep_path) : preprocessor_config_json(prep));
+  write_file_atomic(out_dir / "preprocessor_config.json", std::filesystem::exists(prep_path)
+                                                              ? read_text(prep_path)
+                                                              : preprocessor_config_json(prep));
 
   auto config = read_json(source_dir / "config.json");
-  nlohmann::ordered_json id2label = nlohmann::ordered_json::object(), label2id = nlohmann::ordered_json::object();
+  nlohmann::ordered_json id2label = nlohmann::ordered_json::object(),
+                         label2id = nlohmann::ordered_json::object();
   for (size_t i = 0; i < labels.size(); ++i) {
     id2label[std::to_string(i)] = labels[i];
     label2id[labels[i]] = i;

@@ -16,7 +16,8 @@ double config_initializer_range(const std::filesystem::path& source_dir);
 // Creates `out_dir` (if needed) holding
 //   config.json              the source's, with id2label / label2id / num_labels for `labels`
 //   preprocessor_config.json the source's (or `prep` written out when the source has none)
-//   model.safetensors        every tensor of the source's weights except the decoder's, byte for byte, plus the
+//   model.safetensors        every tensor of the source's weights except the decoder's, byte for byte, plus
+//   the
 //                            head's tensors (F32) under HF's names
 // `weights_file`: the source's weights (empty: model.safetensors, else pytorch_model.bin). Each file is
 // written atomically. Throws Error(model) for a bad source, Error(io) when writing fails.

@@ -24,8 +24,8 @@ inline void store4(float* p, v4 v) { std::memcpy(p, &v, sizeof v); }
 
 // Rows [m0, m0 + R) x columns [n0, n0 + 8): R x 8 accumulators in registers, k ascending.
 template <int R>
-inline void block_r8(int m0, int n0, int K, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
-                     bool accumulate) {
+inline void block_r8(int m0, int n0, int K, const float* A, long lda, const float* B, long ldb, float* C,
+                     long ldc, bool accumulate) {
   v4 acc[R][2] = {};
   for (int k = 0; k < K; ++k) {
     const v4 b0 = load4(B + long(k) * ldb + n0), b1 = load4(B + long(k) * ldb + n0 + 4);
@@ -59,10 +59,18 @@ void gemm_nn(int M, int N, int K, const float* A, long lda, const float* B, long
     int n0 = 0;
     for (; n0 + 8 <= N; n0 += 8) {
       switch (rows) {
-        case 4: block_r8<4>(m0, n0, K, A, lda, B, ldb, C, ldc, accumulate); break;
-        case 3: block_r8<3>(m0, n0, K, A, lda, B, ldb, C, ldc, accumulate); break;
-        case 2: block_r8<2>(m0, n0, K, A, lda, B, ldb, C, ldc, accumulate); break;
-        default: block_r8<1>(m0, n0, K, A, lda, B, ldb, C, ldc, accumulate); break;
+        case 4:
+          block_r8<4>(m0, n0, K, A, lda, B, ldb, C, ldc, accumulate);
+          break;
+        case 3:
+          block_r8<3>(m0, n0, K, A, lda, B, ldb, C, ldc, accumulate);
+          break;
+        case 2:
+          block_r8<2>(m0, n0, K, A, lda, B, ldb, C, ldc, accumulate);
+          break;
+        default:
+          block_r8<1>(m0, n0, K, A, lda, B, ldb, C, ldc, accumulate);
+          break;
       }
     }
     for (int m = m0; m < m0 + rows; ++m)
@@ -81,7 +89,8 @@ void transpose(const float* in, int rows, int cols, float* out) {
   for (int c0 = 0; c0 < cols; c0 += T)
     for (int r0 = 0; r0 < rows; r0 += T)
       for (int c = c0; c < std::min(cols, c0 + T); ++c)
-        for (int r = r0; r < std::min(rows, r0 + T); ++r) out[size_t(c) * rows + r] = in[size_t(r) * cols + c];
+        for (int r = r0; r < std::min(rows, r0 + T); ++r)
+          out[size_t(c) * rows + r] = in[size_t(r) * cols + c];
 }
 
 void linear_forward(const float* x, const float* W, const float* b, int M, int N, int K, float* y) {
@@ -93,8 +102,8 @@ void linear_forward(const float* x, const float* W, const float* b, int M, int N
       for (int n = 0; n < N; ++n) y[size_t(m) * N + n] += b[n];
 }
 
-void linear_backward(const float* x, const float* W, const float* dy, int M, int N, int K, float* dx, float* dW,
-                     float* db) {
+void linear_backward(const float* x, const float* W, const float* dy, int M, int N, int K, float* dx,
+                     float* dW, float* db) {
   if (dx) gemm_nn(M, K, N, dy, N, W, K, dx, K, true);
   if (dW) {
     std::vector<float> dyt(size_t(N) * M);

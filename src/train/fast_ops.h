@@ -15,7 +15,7 @@ void transpose(const float* in, int rows, int cols, float* out);
 
 // As ref::linear_forward / ref::linear_backward (same results).
 void linear_forward(const float* x, const float* W, const float* b, int M, int N, int K, float* y);
-void linear_backward(const float* x, const float* W, const float* dy, int M, int N, int K, float* dx, float* dW,
-                     float* db);
+void linear_backward(const float* x, const float* W, const float* dy, int M, int N, int K, float* dx,
+                     float* dW, float* db);
 
 }  // namespace perceiver::train::fast

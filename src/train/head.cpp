@@ -55,7 +55,8 @@ void ClassifierHead<T>::init_hf(Rng& rng, double std) {
 }
 
 template <class T>
-void ClassifierHead<T>::forward(const T* latents, int batch, int nk, T* logits, T* features, Cache* cache) const {
+void ClassifierHead<T>::forward(const T* latents, int batch, int nk, T* logits, T* features,
+                                Cache* cache) const {
   Cache local;
   Cache& c = cache ? *cache : local;
   const int D = q_dim();
@@ -65,7 +66,8 @@ void ClassifierHead<T>::forward(const T* latents, int batch, int nk, T* logits, 
   layer_.forward(c.query.data(), latents, batch, 1, nk, c.features.data(), &c.layer);
   if (features) std::memcpy(features, c.features.data(), sizeof(T) * c.features.size());
   if (logits)
-    linear_forward(c.features.data(), final_w_.value.data(), final_b_.value.data(), batch, num_labels_, D, logits);
+    linear_forward(c.features.data(), final_w_.value.data(), final_b_.value.data(), batch, num_labels_, D,
+                   logits);
 }
 
 template <class T>

@@ -42,7 +42,8 @@ class ClassifierHead {
   // latents: [batch, nk, kv_dim] (kept by pointer until backward). logits: [batch, num_labels] (may be null);
   // features: [batch, q_dim] decoder output before the final layer (may be null).
   void forward(const T* latents, int batch, int nk, T* logits, T* features, Cache* cache) const;
-  // dlogits: [batch, num_labels]. Adds into every parameter's grad; dlatents [batch, nk, kv_dim] when not null.
+  // dlogits: [batch, num_labels]. Adds into every parameter's grad; dlatents [batch, nk, kv_dim] when not
+  // null.
   void backward(const Cache& cache, const T* dlogits, T* dlatents);
 
  private:

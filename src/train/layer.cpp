@@ -90,8 +90,8 @@ template <class T>
 std::vector<Param<T>*> PerceiverLayer<T>::params() {
   std::vector<Param<T>*> p;
   p.reserve(18);
-  for (Param<T>* q : {&ln1_w_, &ln1_b_, &ln2_w_, &ln2_b_, &q_w_, &q_b_, &k_w_, &k_b_, &v_w_, &v_b_, &o_w_, &o_b_,
-                      &ln3_w_, &ln3_b_, &m1_w_, &m1_b_, &m2_w_, &m2_b_})
+  for (Param<T>* q : {&ln1_w_, &ln1_b_, &ln2_w_, &ln2_b_, &q_w_, &q_b_, &k_w_, &k_b_, &v_w_, &v_b_, &o_w_,
+                      &o_b_, &ln3_w_, &ln3_b_, &m1_w_, &m1_b_, &m2_w_, &m2_b_})
     if (shape_.is_cross || (q != &ln2_w_ && q != &ln2_b_)) p.push_back(q);
   return p;
 }
@@ -111,14 +111,19 @@ void PerceiverLayer<T>::init_hf(Rng& rng, double std) {
       case Param<T>::embedding:
         for (auto& v : p->value) v = static_cast<T>(std * rng.normal());
         break;
-      case Param<T>::bias: std::fill(p->value.begin(), p->value.end(), T(0)); break;
-      case Param<T>::norm_scale: std::fill(p->value.begin(), p->value.end(), T(1)); break;
+      case Param<T>::bias:
+        std::fill(p->value.begin(), p->value.end(), T(0));
+        break;
+      case Param<T>::norm_scale:
+        std::fill(p->value.begin(), p->value.end(), T(1));
+        break;
     }
   }
 }
 
 template <class T>
-void PerceiverLayer<T>::forward(const T* x, const T* kv, int batch, int nq, int nk, T* out, Cache* cache) const {
+void PerceiverLayer<T>::forward(const T* x, const T* kv, int batch, int nq, int nk, T* out,
+                                Cache* cache) const {
   const LayerShape& s = shape_;
   if (!s.is_cross) {
     kv = nullptr;
@@ -164,7 +169,12 @@ void PerceiverLayer<T>::forward(const T* x, const T* kv, int batch, int nq, int 
     resize(c.v, size_t(rk) * s.v_channels);
     linear_forward(kv_in, k_w_.value.data(), k_b_.value.data(), rk, s.qk_channels, kv_dim, c.k.data());
     linear_forward(kv_in, v_w_.value.data(), v_b_.value.data(), rk, s.v_channels, kv_dim, c.v.data());
-    ref::AttentionShape as{batch, s.heads, nq, nk, s.qk_channels / s.heads, s.v_channels / s.heads,
+    ref::AttentionShape as{batch,
+                           s.heads,
+                           nq,
+                           nk,
+                           s.qk_channels / s.heads,
+                           s.v_channels / s.heads,
                            1.0 / std::sqrt(double(s.qk_channels / s.heads))};
     ref::attention_forward(as, c.q.data(), c.k.data(), c.v.data(), c.ctx.data(), c.probs.data());
   }
@@ -177,11 +187,12 @@ void PerceiverLayer<T>::forward(const T* x, const T* kv, int batch, int nq, int 
   resize(c.h_ln, size_t(rq) * s.q_dim);
   resize(c.mean3, rq);
   resize(c.rstd3, rq);
-  ref::layer_norm_forward(c.a.data(), ln3_w_.value.data(), ln3_b_.value.data(), rq, s.q_dim, eps, c.h_ln.data(),
-                          c.mean3.data(), c.rstd3.data());
+  ref::layer_norm_forward(c.a.data(), ln3_w_.value.data(), ln3_b_.value.data(), rq, s.q_dim, eps,
+                          c.h_ln.data(), c.mean3.data(), c.rstd3.data());
   resize(c.h1, size_t(rq) * s.mlp_hidden);
   resize(c.g, size_t(rq) * s.mlp_hidden);
-  linear_forward(c.h_ln.data(), m1_w_.value.data(), m1_b_.value.data(), rq, s.mlp_hidden, s.q_dim, c.h1.data());
+  linear_forward(c.h_ln.data(), m1_w_.value.data(), m1_b_.value.data(), rq, s.mlp_hidden, s.q_dim,
+                 c.h1.data());
   ref::gelu_forward(c.h1.data(), c.h1.size(), c.g.data());
   linear_forward(c.g.data(), m2_w_.value.data(), m2_b_.value.data(), rq, s.q_dim, s.mlp_hidden, out);
   for (size_t i = 0; i < c.a.size(); ++i) out[i] += c.a[i];
@@ -196,8 +207,8 @@ void PerceiverLayer<T>::backward(const Cache& c, const T* dout, T* dx, T* dkv) {
   // out = a + mlp(a)
   std::vector<T> da(dout, dout + size_t(rq) * s.q_dim);
   std::vector<T> dg(size_t(rq) * s.mlp_hidden, T(0)), dh1(size_t(rq) * s.mlp_hidden, T(0));
-  linear_backward(c.g.data(), m2_w_.value.data(), dout, rq, s.q_dim, s.mlp_hidden, dg.data(), m2_w_.grad.data(),
-                  m2_b_.grad.data());
+  linear_backward(c.g.data(), m2_w_.value.data(), dout, rq, s.q_dim, s.mlp_hidden, dg.data(),
+                  m2_w_.grad.data(), m2_b_.grad.data());
   ref::gelu_backward(c.h1.data(), dg.data(), dg.size(), dh1.data());
   std::vector<T> dh_ln(size_t(rq) * s.q_dim, T(0));
   linear_backward(c.h_ln.data(), m1_w_.value.data(), dh1.data(), rq, s.mlp_hidden, s.q_dim, dh_ln.data(),
@@ -218,17 +229,22 @@ void PerceiverLayer<T>::backward(const Cache& c, const T* dout, T* dx, T* dkv) {
     attend_folded_backward(c, dctx.data(), dq.data(), dkv_ln.data());
     linear_backward(c.x_ln.data(), q_w_.value.data(), dq.data(), rq, s.qk_channels, s.q_dim, dx_ln.data(),
                     q_w_.grad.data(), q_b_.grad.data());
-    ref::layer_norm_backward(c.kv, ln2_w_.value.data(), c.mean2.data(), c.rstd2.data(), dkv_ln.data(), rk, kv_dim,
-                             dkv, ln2_w_.grad.data(), ln2_b_.grad.data());
-    ref::layer_norm_backward(c.x, ln1_w_.value.data(), c.mean1.data(), c.rstd1.data(), dx_ln.data(), rq, s.q_dim,
-                             dx, ln1_w_.grad.data(), ln1_b_.grad.data());
+    ref::layer_norm_backward(c.kv, ln2_w_.value.data(), c.mean2.data(), c.rstd2.data(), dkv_ln.data(), rk,
+                             kv_dim, dkv, ln2_w_.grad.data(), ln2_b_.grad.data());
+    ref::layer_norm_backward(c.x, ln1_w_.value.data(), c.mean1.data(), c.rstd1.data(), dx_ln.data(), rq,
+                             s.q_dim, dx, ln1_w_.grad.data(), ln1_b_.grad.data());
     return;
   }
-  ref::AttentionShape as{c.batch, s.heads, c.nq, c.nk, s.qk_channels / s.heads, s.v_channels / s.heads,
+  ref::AttentionShape as{c.batch,
+                         s.heads,
+                         c.nq,
+                         c.nk,
+                         s.qk_channels / s.heads,
+                         s.v_channels / s.heads,
                          1.0 / std::sqrt(double(s.qk_channels / s.heads))};
   std::vector<T> dk(c.k.size(), T(0)), dv(c.v.size(), T(0));
-  ref::attention_backward(as, c.q.data(), c.k.data(), c.v.data(), c.probs.data(), dctx.data(), dq.data(), dk.data(),
-                          dv.data());
+  ref::attention_backward(as, c.q.data(), c.k.data(), c.v.data(), c.probs.data(), dctx.data(), dq.data(),
+                          dk.data(), dv.data());
 
   linear_backward(c.x_ln.data(), q_w_.value.data(), dq.data(), rq, s.qk_channels, s.q_dim, dx_ln.data(),
                   q_w_.grad.data(), q_b_.grad.data());
@@ -238,16 +254,16 @@ void PerceiverLayer<T>::backward(const Cache& c, const T* dout, T* dx, T* dkv) {
                     k_w_.grad.data(), k_b_.grad.data());
     linear_backward(c.kv_ln.data(), v_w_.value.data(), dv.data(), rk, s.v_channels, kv_dim, dkv_ln.data(),
                     v_w_.grad.data(), v_b_.grad.data());
-    ref::layer_norm_backward(c.kv, ln2_w_.value.data(), c.mean2.data(), c.rstd2.data(), dkv_ln.data(), rk, kv_dim,
-                             dkv, ln2_w_.grad.data(), ln2_b_.grad.data());
+    ref::layer_norm_backward(c.kv, ln2_w_.value.data(), c.mean2.data(), c.rstd2.data(), dkv_ln.data(), rk,
+                             kv_dim, dkv, ln2_w_.grad.data(), ln2_b_.grad.data());
   } else {
     linear_backward(c.x_ln.data(), k_w_.value.data(), dk.data(), rk, s.qk_channels, kv_dim, dx_ln.data(),
                     k_w_.grad.data(), k_b_.grad.data());
     linear_backward(c.x_ln.data(), v_w_.value.data(), dv.data(), rk, s.v_channels, kv_dim, dx_ln.data(),
                     v_w_.grad.data(), v_b_.grad.data());
   }
-  ref::layer_norm_backward(c.x, ln1_w_.value.data(), c.mean1.data(), c.rstd1.data(), dx_ln.data(), rq, s.q_dim, dx,
-                           ln1_w_.grad.data(), ln1_b_.grad.data());
+  ref::layer_norm_backward(c.x, ln1_w_.value.data(), c.mean1.data(), c.rstd1.data(), dx_ln.data(), rq,
+                           s.q_dim, dx, ln1_w_.grad.data(), ln1_b_.grad.data());
 }
 
 // Folded cross-attention (see uses_query_folding). Per (b, h, i): qt = Wk_h^T q_h, s_j = scale qt . n_j,

@@ -57,18 +57,19 @@ class PerceiverLayer {
   // Used when nq * heads * 4 <= qk_channels + v_channels, unless disabled (tests compare both paths).
   void set_query_folding(bool allowed) { allow_folding_ = allowed; }
   bool uses_query_folding(int nq) const {
-    return allow_folding_ && shape_.is_cross && nq * shape_.heads * 4 <= shape_.qk_channels + shape_.v_channels;
+    return allow_folding_ && shape_.is_cross &&
+           nq * shape_.heads * 4 <= shape_.qk_channels + shape_.v_channels;
   }
 
   struct Cache {
     bool folded = false;
     std::vector<T> qt, nbar;  // folded path: Wk_h^T q_h and sum_j p_j n_j, [batch, heads, nq, kv_dim]
     int batch = 0, nq = 0, nk = 0;
-    const T* x = nullptr;   // the caller's inputs: must stay unchanged until backward()
+    const T* x = nullptr;  // the caller's inputs: must stay unchanged until backward()
     const T* kv = nullptr;
-    std::vector<T> x_ln, mean1, rstd1;   // LN1
-    std::vector<T> kv_ln, mean2, rstd2;  // LN2 (cross only)
-    std::vector<T> q, k, v, probs, ctx;  // attention
+    std::vector<T> x_ln, mean1, rstd1;            // LN1
+    std::vector<T> kv_ln, mean2, rstd2;           // LN2 (cross only)
+    std::vector<T> q, k, v, probs, ctx;           // attention
     std::vector<T> a, h_ln, mean3, rstd3, h1, g;  // MLP
   };
 
@@ -76,8 +77,8 @@ class PerceiverLayer {
   // nk must equal nq). out: [batch * nq, q_dim], may not alias x. cache: filled for backward(), or null.
   void forward(const T* x, const T* kv, int batch, int nq, int nk, T* out, Cache* cache) const;
 
-  // dout: [batch * nq, q_dim]. Adds into dx [batch * nq, q_dim] and dkv [batch * nk, kv_dim] (either null when
-  // not needed) and into every Param::grad.
+  // dout: [batch * nq, q_dim]. Adds into dx [batch * nq, q_dim] and dkv [batch * nk, kv_dim] (either null
+  // when not needed) and into every Param::grad.
   void backward(const Cache& cache, const T* dout, T* dx, T* dkv);
 
  private:
@@ -86,8 +87,8 @@ class PerceiverLayer {
 
   LayerShape shape_;
   bool allow_folding_ = true;
-  Param<T> ln1_w_, ln1_b_, ln2_w_, ln2_b_, q_w_, q_b_, k_w_, k_b_, v_w_, v_b_, o_w_, o_b_, ln3_w_, ln3_b_, m1_w_,
-      m1_b_, m2_w_, m2_b_;
+  Param<T> ln1_w_, ln1_b_, ln2_w_, ln2_b_, q_w_, q_b_, k_w_, k_b_, v_w_, v_b_, o_w_, o_b_, ln3_w_, ln3_b_,
+      m1_w_, m1_b_, m2_w_, m2_b_;
 };
 
 // Linear / LayerNorm dispatch: the fast float kernels for float, the plain loops for double.

@@ -49,10 +49,11 @@ void linear_backward(const T* x, const T* W, const T* dy, int M, int N, int K, T
     }
 }
 
-// LayerNorm over the last axis, biased variance: y = (x - mean) * rstd * gamma + beta, rstd = 1/sqrt(var + eps).
-// mean, rstd: [M], kept for the backward pass.
+// LayerNorm over the last axis, biased variance: y = (x - mean) * rstd * gamma + beta, rstd = 1/sqrt(var +
+// eps). mean, rstd: [M], kept for the backward pass.
 template <class T>
-void layer_norm_forward(const T* x, const T* gamma, const T* beta, int M, int C, T eps, T* y, T* mean, T* rstd) {
+void layer_norm_forward(const T* x, const T* gamma, const T* beta, int M, int C, T eps, T* y, T* mean,
+                        T* rstd) {
   for (int m = 0; m < M; ++m) {
     const T* xr = x + size_t(m) * C;
     T mu = 0;
@@ -71,8 +72,8 @@ void layer_norm_forward(const T* x, const T* gamma, const T* beta, int M, int C,
 // xhat = (x - mean) rstd;  dgamma += sum_m dy xhat;  dbeta += sum_m dy;
 // dx += rstd (g - mean_c(g) - xhat mean_c(g xhat))  with g = dy gamma.
 template <class T>
-void layer_norm_backward(const T* x, const T* gamma, const T* mean, const T* rstd, const T* dy, int M, int C, T* dx,
-                         T* dgamma, T* dbeta) {
+void layer_norm_backward(const T* x, const T* gamma, const T* mean, const T* rstd, const T* dy, int M, int C,
+                         T* dx, T* dgamma, T* dbeta) {
   for (int m = 0; m < M; ++m) {
     const T* xr = x + size_t(m) * C;
     const T* dyr = dy + size_t(m) * C;
@@ -116,7 +117,8 @@ void gelu_backward(const T* x, const T* dy, size_t n, T* dx) {
 }
 
 // Multi-head scaled dot-product attention, heads as contiguous channel blocks (as HF splits them).
-//   q: [B, nq, H*dqk], k: [B, nk, H*dqk], v: [B, nk, H*dv] -> out: [B, nq, H*dv]; probs: [B, H, nq, nk] (kept).
+//   q: [B, nq, H*dqk], k: [B, nk, H*dqk], v: [B, nk, H*dv] -> out: [B, nq, H*dv]; probs: [B, H, nq, nk]
+//   (kept).
 struct AttentionShape {
   int batch = 1, heads = 1, nq = 0, nk = 0, dqk = 0, dv = 0;
   double scale = 1.0;  // multiplies q.k
@@ -153,8 +155,8 @@ void attention_forward(const AttentionShape& s, const T* q, const T* k, const T*
 // dP_ij = dout_i . v_j;  dS_ij = P_ij (dP_ij - sum_j' P_ij' dP_ij');
 // dq_i += scale sum_j dS_ij k_j;  dk_j += scale sum_i dS_ij q_i;  dv_j += sum_i P_ij dout_i.
 template <class T>
-void attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* probs, const T* dout,
-                        T* dq, T* dk, T* dv) {
+void attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* probs,
+                        const T* dout, T* dq, T* dk, T* dv) {
   const int H = s.heads, QK = s.heads * s.dqk, V = s.heads * s.dv;
   std::vector<T> ds(s.nk);
   for (int b = 0; b < s.batch; ++b)
@@ -176,7 +178,8 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
           const size_t kj = (size_t(b) * s.nk + j) * QK + size_t(h) * s.dqk;
           const size_t vj = (size_t(b) * s.nk + j) * V + size_t(h) * s.dv;
           if (dq)
-            for (int d = 0; d < s.dqk; ++d) dq[(size_t(b) * s.nq + i) * QK + size_t(h) * s.dqk + d] += ds[j] * k[kj + d];
+            for (int d = 0; d < s.dqk; ++d)
+              dq[(size_t(b) * s.nq + i) * QK + size_t(h) * s.dqk + d] += ds[j] * k[kj + d];
           if (dk)
             for (int d = 0; d < s.dqk; ++d) dk[kj + d] += ds[j] * qi[d];
           if (dv)
@@ -185,8 +188,8 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
       }
 }
 
-// Mean softmax cross-entropy over M rows of C logits; labels in [0, C). Returns the loss; dlogits (if not null)
-// gets ADDED (softmax - onehot) / M.
+// Mean softmax cross-entropy over M rows of C logits; labels in [0, C). Returns the loss; dlogits (if not
+// null) gets ADDED (softmax - onehot) / M.
 template <class T>
 T softmax_cross_entropy(const T* logits, const int* labels, int M, int C, T* dlogits) {
   T total = 0;

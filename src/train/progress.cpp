@@ -60,7 +60,8 @@ void Progress::draw(int64_t done, const std::string& note) {
   std::string eta = rate > 0 && done < total_ ? " ETA " + format_duration((total_ - done) / rate) : "";
   char buf[512];
   std::snprintf(buf, sizeof buf, "%s [%s] %lld/%lld %s%s%s%s", label_.c_str(), bar.c_str(), (long long)done,
-                (long long)total_, format_duration(t).c_str(), eta.c_str(), note.empty() ? "" : "  ", note.c_str());
+                (long long)total_, format_duration(t).c_str(), eta.c_str(), note.empty() ? "" : "  ",
+                note.c_str());
   std::string line = buf;
   const size_t width = line.size();
   if (width < last_width_) line.append(last_width_ - width, ' ');

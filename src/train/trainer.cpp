@@ -17,7 +17,8 @@ void gather(const FeatureStore& features, const std::vector<int64_t>& idx, size_
             std::vector<float>* out) {
   const size_t row = size_t(features.row_floats());
   out->resize(size_t(n) * row);
-  for (int i = 0; i < n; ++i) std::memcpy(out->data() + size_t(i) * row, features.row(idx[first + i]), row * sizeof(float));
+  for (int i = 0; i < n; ++i)
+    std::memcpy(out->data() + size_t(i) * row, features.row(idx[first + i]), row * sizeof(float));
 }
 
 int argmax(const float* v, int n) { return static_cast<int>(std::max_element(v, v + n) - v); }
@@ -141,7 +142,8 @@ std::vector<EpochStats> train_head(ClassifierHead<float>& head, const FeatureSto
       logits.resize(size_t(n) * C);
       dlogits.assign(size_t(n) * C, 0.0f);
       head.forward(batch.data(), n, nk, logits.data(), nullptr, &cache);
-      const float loss = ref::softmax_cross_entropy<float>(logits.data(), batch_labels.data(), n, C, dlogits.data());
+      const float loss =
+          ref::softmax_cross_entropy<float>(logits.data(), batch_labels.data(), n, C, dlogits.data());
       if (!std::isfinite(loss))
         throw Error(ErrorKind::internal, "train-head: the loss diverged (try a smaller --lr)");
       for (int i = 0; i < n; ++i) correct += argmax(&logits[size_t(i) * C], C) == batch_labels[i];

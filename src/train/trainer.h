@@ -13,7 +13,7 @@
 namespace perceiver::train {
 
 struct EpochStats {
-  int epoch = 0, epochs = 0;  // 1-based
+  int epoch = 0, epochs = 0;                  // 1-based
   double train_loss = 0, train_accuracy = 0;  // running means over the epoch's batches
   bool has_val = false;
   double val_loss = 0, val_accuracy = 0;
@@ -22,15 +22,16 @@ struct EpochStats {
 
 struct TrainOptions {
   int epochs = 10;
-  double lr = 1e-3;            // peak learning rate
-  double warmup = 0.05;        // fraction of all steps with linear warm-up; then cosine decay to 0
+  double lr = 1e-3;      // peak learning rate
+  double warmup = 0.05;  // fraction of all steps with linear warm-up; then cosine decay to 0
   int batch_size = 64;
-  double weight_decay = 1e-2;  // decoupled (AdamW), on weight matrices and the query, not on biases / LayerNorm
+  double weight_decay =
+      1e-2;  // decoupled (AdamW), on weight matrices and the query, not on biases / LayerNorm
   double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8;
-  double init_std = 0.02;      // config.json's initializer_range
-  bool init = true;            // HF-initialise the head first (else keep its current weights)
+  double init_std = 0.02;  // config.json's initializer_range
+  bool init = true;        // HF-initialise the head first (else keep its current weights)
   uint64_t seed = 0;
-  bool progress = false;       // a progress bar per epoch on stderr
+  bool progress = false;  // a progress bar per epoch on stderr
   std::function<void(const EpochStats&)> on_epoch;
 };
 
@@ -46,6 +47,7 @@ std::vector<EpochStats> train_head(ClassifierHead<float>& head, const FeatureSto
 
 // Logits, mean loss and accuracy of the rows `idx` (labels may be empty: loss/accuracy stay 0).
 EvalStats evaluate_head(const ClassifierHead<float>& head, const FeatureStore& features,
-                        const std::vector<int>& labels, const std::vector<int64_t>& idx, int batch_size = 256);
+                        const std::vector<int>& labels, const std::vector<int64_t>& idx,
+                        int batch_size = 256);
 
 }  // namespace perceiver::train
