@@ -4,29 +4,15 @@
 
 namespace perceiver::train {
 
-namespace {
-template <class T>
-Param<T> param(const std::string& name, std::vector<int64_t> shape, typename Param<T>::Kind kind) {
-  Param<T> p;
-  p.name = name;
-  p.shape = std::move(shape);
-  size_t n = 1;
-  for (auto d : p.shape) n *= size_t(d);
-  p.value.assign(n, T(0));
-  p.grad.assign(n, T(0));
-  p.kind = kind;
-  return p;
-}
-}  // namespace
-
 template <class T>
 ClassifierHead<T>::ClassifierHead(const LayerShape& shape, int num_labels)
     : num_labels_(num_labels),
-      query_(param<T>(kDecoderPrefix + "output_position_encodings.position_embeddings", {1, shape.q_dim},
-                      Param<T>::embedding)),
+      query_(make_param<T>(kDecoderPrefix + "output_position_encodings.position_embeddings", {1, shape.q_dim},
+                           Param<T>::embedding)),
       layer_(shape, kDecoderPrefix + "decoding_cross_attention."),
-      final_w_(param<T>(kDecoderPrefix + "final_layer.weight", {num_labels, shape.q_dim}, Param<T>::weight)),
-      final_b_(param<T>(kDecoderPrefix + "final_layer.bias", {num_labels}, Param<T>::bias)) {}
+      final_w_(
+          make_param<T>(kDecoderPrefix + "final_layer.weight", {num_labels, shape.q_dim}, Param<T>::weight)),
+      final_b_(make_param<T>(kDecoderPrefix + "final_layer.bias", {num_labels}, Param<T>::bias)) {}
 
 template <class T>
 ClassifierHead<T>::ClassifierHead(const PerceiverConfig& config, int num_labels)

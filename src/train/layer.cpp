@@ -38,19 +38,6 @@ namespace {
 constexpr double kParallelWork = 4e6;
 
 template <class T>
-Param<T> make_param(const std::string& name, std::vector<int64_t> shape, typename Param<T>::Kind kind) {
-  Param<T> p;
-  p.name = name;
-  p.shape = std::move(shape);
-  size_t n = 1;
-  for (auto d : p.shape) n *= size_t(d);
-  p.value.assign(n, kind == Param<T>::norm_scale ? T(1) : T(0));
-  p.grad.assign(n, T(0));
-  p.kind = kind;
-  return p;
-}
-
-template <class T>
 void resize(std::vector<T>& v, size_t n) {
   v.resize(n);
 }

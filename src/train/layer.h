@@ -30,6 +30,21 @@ struct Param {
   size_t size() const { return value.size(); }
 };
 
+// A zero-filled parameter (LayerNorm scales start at 1); initialisation proper is the trainer's job.
+template <class T>
+inline Param<T> make_param(const std::string& name, std::vector<int64_t> shape,
+                           typename Param<T>::Kind kind) {
+  Param<T> p;
+  p.name = name;
+  p.shape = std::move(shape);
+  size_t n = 1;
+  for (auto d : p.shape) n *= size_t(d);
+  p.value.assign(n, kind == Param<T>::norm_scale ? T(1) : T(0));
+  p.grad.assign(n, T(0));
+  p.kind = kind;
+  return p;
+}
+
 // nn.LayerNorm's default; HF's PerceiverLayer never passes config.layer_norm_eps.
 constexpr double kLayerNormEps = 1e-5;
 
