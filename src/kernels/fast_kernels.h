@@ -9,6 +9,8 @@ namespace perceiver::fast {
 
 bool cpu_has_avx512();       // avx512f + avx512bw + avx512dq + avx512vl
 bool cpu_has_avx512_bf16();  // vcvtneps2bf16
+// The AVX-512 kernels are in use: the CPU has them and PERCEIVER_DISABLE_AVX512 is not set.
+bool use_avx512();
 
 // y = (x - mean) / sqrt(var + eps) * gamma + beta over one row of n values (biased variance). y may alias x.
 void layer_norm_row(const float* x, int n, const float* gamma, const float* beta, float eps, float* y);

@@ -1,0 +1,276 @@
+// Fused multi-head attention, fp32, AVX-512. Computed transposed, so that both products run one register
+// tile kernel on packed operands and the softmax runs down columns, with no horizontal reductions:
+//
+//   per (batch, head), once:  K   packed as 14-key blocks        kp[nk/14][dqk][14]
+//                             V^T packed as 14-channel blocks    vp[dv/14][nk][14]
+//   per block of 32 queries:  Q^T                                qt[dqk][32]
+//                             S^T = K Q^T                        st[nk][32]    (lane l = query l)
+//                             P^T = exp(S^T * scale - column max), column sums
+//                             O^T = V^T P^T                      ot[dv][32]
+//                             out[query, head channels] = O^T column / column sum
+//
+// The 14 x 32 register tile keeps its 28 accumulators in zmm registers over the whole reduction (dqk for the
+// scores, nk for the weighted sum), with one broadcast per row and two vector loads per step. A score panel
+// is nk x 32 floats (64 KB for 512 keys, 380 KB for the 3025-pixel cross-attention): it stays in L2, and the
+// full [nq, nk] score matrix is never formed.
+//
+// GCC 12's AVX-512 headers trip -Wuninitialized on their own _mm512_undefined_*() (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "kernels/fast_attention.h"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/avx512_math.h"
+
+namespace perceiver::fast {
+namespace {
+
+constexpr int kRows = 14;   // rows of a register tile: keys (scores) or value channels (output)
+constexpr int kLanes = 32;  // columns of a register tile: queries
+
+#define PCV_TILE_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13)
+
+// c[i][l] = sum_k a[k][i] b[k][l]  for i < R, l < 32.   a: [n][14] (row i of the tile is lane i), b: [n][32],
+// c: [R][32] dense.
+template <int R>
+PCV_AVX512 void tile_kernel(const float* a, const float* b, int n, float* c) {
+#define PCV_DECLARE(i) [[maybe_unused]] __m512 c##i##lo = _mm512_setzero_ps(), c##i##hi = _mm512_setzero_ps();
+  PCV_TILE_ROWS(PCV_DECLARE)
+#undef PCV_DECLARE
+  for (int k = 0; k < n; ++k) {
+    const __m512 b_lo = _mm512_loadu_ps(b + size_t(k) * kLanes);
+    const __m512 b_hi = _mm512_loadu_ps(b + size_t(k) * kLanes + 16);
+    const float* ak = a + size_t(k) * kRows;
+#define PCV_STEP(i)                                 \
+  if constexpr (i < R) {                            \
+    const __m512 ai = _mm512_set1_ps(ak[i]);        \
+    c##i##lo = _mm512_fmadd_ps(ai, b_lo, c##i##lo); \
+    c##i##hi = _mm512_fmadd_ps(ai, b_hi, c##i##hi); \
+  }
+    PCV_TILE_ROWS(PCV_STEP)
+#undef PCV_STEP
+  }
+#define PCV_STORE(i)                                 \
+  if constexpr (i < R) {                             \
+    _mm512_storeu_ps(c + (i)*kLanes, c##i##lo);      \
+    _mm512_storeu_ps(c + (i)*kLanes + 16, c##i##hi); \
+  }
+  PCV_TILE_ROWS(PCV_STORE)
+#undef PCV_STORE
+}
+
+PCV_AVX512 void tile(int rows, const float* a, const float* b, int n, float* c) {
+  switch (rows) {
+    case 14:
+      return tile_kernel<14>(a, b, n, c);
+    case 13:
+      return tile_kernel<13>(a, b, n, c);
+    case 12:
+      return tile_kernel<12>(a, b, n, c);
+    case 11:
+      return tile_kernel<11>(a, b, n, c);
+    case 10:
+      return tile_kernel<10>(a, b, n, c);
+    case 9:
+      return tile_kernel<9>(a, b, n, c);
+    case 8:
+      return tile_kernel<8>(a, b, n, c);
+    case 7:
+      return tile_kernel<7>(a, b, n, c);
+    case 6:
+      return tile_kernel<6>(a, b, n, c);
+    case 5:
+      return tile_kernel<5>(a, b, n, c);
+    case 4:
+      return tile_kernel<4>(a, b, n, c);
+    case 3:
+      return tile_kernel<3>(a, b, n, c);
+    case 2:
+      return tile_kernel<2>(a, b, n, c);
+    case 1:
+      return tile_kernel<1>(a, b, n, c);
+    default:
+      return;
+  }
+}
+
+// Columns of st [n][32]: p = exp(s * scale - max_j(s_j * scale)) in place; returns the column sums in
+// sum[32].
+PCV_AVX512 void softmax_columns(float* st, int n, float scale, float* sum) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  __m512 m_lo = _mm512_set1_ps(-__builtin_inff()), m_hi = m_lo;
+  for (int j = 0; j < n; ++j) {
+    m_lo = _mm512_max_ps(m_lo, _mm512_mul_ps(_mm512_loadu_ps(st + size_t(j) * kLanes), vs));
+    m_hi = _mm512_max_ps(m_hi, _mm512_mul_ps(_mm512_loadu_ps(st + size_t(j) * kLanes + 16), vs));
+  }
+  __m512 s_lo = _mm512_setzero_ps(), s_hi = _mm512_setzero_ps();
+  for (int j = 0; j < n; ++j) {
+    float* row = st + size_t(j) * kLanes;
+    const __m512 e_lo = avx512::exp512(_mm512_fmsub_ps(_mm512_loadu_ps(row), vs, m_lo));
+    const __m512 e_hi = avx512::exp512(_mm512_fmsub_ps(_mm512_loadu_ps(row + 16), vs, m_hi));
+    _mm512_storeu_ps(row, e_lo);
+    _mm512_storeu_ps(row + 16, e_hi);
+    s_lo = _mm512_add_ps(s_lo, e_lo);
+    s_hi = _mm512_add_ps(s_hi, e_hi);
+  }
+  _mm512_storeu_ps(sum, s_lo);
+  _mm512_storeu_ps(sum + 16, s_hi);
+}
+
+size_t blocks(int n, int size) { return (size_t(n) + size - 1) / size; }
+
+PCV_AVX512 inline __m512 unpacklo_pd(__m512 a, __m512 b) {
+  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+PCV_AVX512 inline __m512 unpackhi_pd(__m512 a, __m512 b) {
+  return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+
+// In-register 16 x 16 transpose: 32-bit, then 64-bit interleaves, then two rounds of 128-bit lane shuffles.
+PCV_AVX512 inline void transpose16(__m512* r) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = unpacklo_pd(t[i], t[i + 2]);
+    r[i + 1] = unpackhi_pd(t[i], t[i + 2]);
+    r[i + 2] = unpacklo_pd(t[i + 1], t[i + 3]);
+    r[i + 3] = unpackhi_pd(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 16; i += 8)
+    for (int j = 0; j < 4; ++j) {
+      t[i + j] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0x88);
+      t[i + j + 4] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0xdd);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
+  }
+}
+
+// dst[j * 14 + i] = src[j * src_stride + i] for i < cols (<= 14), 0 for cols <= i < 14, over n rows.
+PCV_AVX512 void copy_rows(const float* src, long src_stride, int n, int cols, float* dst, int dst_stride) {
+  const __mmask16 load_mask = avx512::tail_mask(cols), store_mask = avx512::tail_mask(dst_stride);
+  for (int j = 0; j < n; ++j)
+    _mm512_mask_storeu_ps(dst + size_t(j) * dst_stride, store_mask,
+                          _mm512_maskz_loadu_ps(load_mask, src + j * src_stride));
+}
+
+// dst[c * dst_stride + i] = src[i * src_stride + c] * (dst_scale ? dst_scale[c] : 1)   for c < cols, i <
+// lanes, where source rows i >= rows read as 0. rows, cols, lanes <= 16.
+PCV_AVX512 void transpose_block(const float* src, long src_stride, int rows, int cols, float* dst,
+                                long dst_stride, int lanes, const float* dst_scale = nullptr) {
+  __m512 r[16];
+  const __mmask16 col_mask = avx512::tail_mask(cols);
+  for (int i = 0; i < 16; ++i)
+    r[i] = i < rows ? _mm512_maskz_loadu_ps(col_mask, src + i * src_stride) : _mm512_setzero_ps();
+  transpose16(r);
+  const __mmask16 lane_mask = avx512::tail_mask(lanes);
+  for (int c = 0; c < cols; ++c) {
+    const __m512 v = dst_scale ? _mm512_mul_ps(r[c], _mm512_set1_ps(dst_scale[c])) : r[c];
+    _mm512_mask_storeu_ps(dst + c * dst_stride, lane_mask, v);
+  }
+}
+
+}  // namespace
+
+void AttentionFp32::run(const AttentionArgs& a, int threads) {
+  const int B = a.batch, H = a.heads, nq = a.nq, nk = a.nk, dqk = a.dqk, dv = a.dv;
+  if (B <= 0 || H <= 0 || nq <= 0) return;
+  if (nk <= 0 || dqk <= 0 || dv <= 0) {  // nothing to attend to (not produced by any model): zeros
+    for (long r = 0; r < long(B) * nq; ++r)
+      for (int h = 0; h < H; ++h) std::fill_n(a.out + r * a.ldo + long(h) * dv, std::max(dv, 0), 0.0f);
+    return;
+  }
+  const size_t key_blocks = blocks(nk, kRows), channel_blocks = blocks(dv, kRows),
+               query_blocks = blocks(nq, kLanes);
+  const size_t k_head = key_blocks * dqk * kRows;     // floats of one head's packed K
+  const size_t v_head = channel_blocks * nk * kRows;  // floats of one head's packed V^T
+  const size_t heads = size_t(B) * H;
+  packed_.reserve(sizeof(float) * heads * (k_head + v_head));
+  float* const kp = packed_.as<float>();
+  float* const vp = kp + heads * k_head;
+
+  const size_t qt_floats = size_t(dqk) * kLanes, st_floats = key_blocks * kRows * kLanes,
+               ot_floats = channel_blocks * kRows * kLanes;
+  if (int(per_thread_.size()) < threads) per_thread_.resize(threads);
+  for (int t = 0; t < threads; ++t)
+    per_thread_[t].reserve(sizeof(float) * (qt_floats + st_floats + ot_floats + kLanes));
+
+#pragma omp parallel num_threads(threads)
+  {
+    // Pack K: block kb of head (b, h) holds keys [14 kb, 14 kb + 14) as lanes, dqk rows; missing keys are 0.
+#pragma omp for schedule(static) nowait
+    for (long u = 0; u < long(heads * key_blocks); ++u) {
+      const size_t bh = size_t(u) / key_blocks, kb = size_t(u) % key_blocks;
+      const size_t b = bh / H, h = bh % H;
+      float* dst = kp + bh * k_head + kb * dqk * kRows;
+      const int j0 = int(kb) * kRows, rows = std::min(kRows, nk - j0);
+      const float* src = a.k + (b * nk + j0) * a.ldk + h * dqk;
+      for (int d0 = 0; d0 < dqk; d0 += 16)
+        transpose_block(src + d0, a.ldk, rows, std::min(16, dqk - d0), dst + size_t(d0) * kRows, kRows,
+                        kRows);
+    }
+    // Pack V^T: block cb of head (b, h) holds channels [14 cb, 14 cb + 14) as lanes, one row per key.
+#pragma omp for schedule(static)
+    for (long u = 0; u < long(heads * channel_blocks); ++u) {
+      const size_t bh = size_t(u) / channel_blocks, cb = size_t(u) % channel_blocks;
+      const size_t b = bh / H, h = bh % H;
+      float* dst = vp + bh * v_head + cb * nk * kRows;
+      const int c0 = int(cb) * kRows, cols = std::min(kRows, dv - c0);
+      copy_rows(a.v + b * nk * a.ldv + h * dv + c0, a.ldv, nk, cols, dst, kRows);
+    }
+    // (the barrier at the end of this loop publishes both packings)
+
+    float* const qt = per_thread_[omp_get_thread_num()].as<float>();
+    float* const st = qt + qt_floats;
+    float* const ot = st + st_floats;
+    float* const col_sum = ot + ot_floats;
+#pragma omp for schedule(dynamic, 1)
+    for (long task = 0; task < long(heads * query_blocks); ++task) {
+      const size_t bh = size_t(task) / query_blocks, qb = size_t(task) % query_blocks;
+      const size_t b = bh / H, h = bh % H;
+      const int q0 = int(qb) * kLanes, queries = std::min(kLanes, nq - q0);
+      // Q^T panel; lanes past the last query are 0 (their scores are 0 and their outputs are dropped).
+      for (int half = 0; half < kLanes / 16; ++half) {
+        const float* src = a.q + (b * nq + q0 + half * 16) * a.ldq + h * dqk;
+        const int rows = std::clamp(queries - half * 16, 0, 16);
+        for (int d0 = 0; d0 < dqk; d0 += 16)
+          transpose_block(src + d0, a.ldq, rows, std::min(16, dqk - d0), qt + size_t(d0) * kLanes + half * 16,
+                          kLanes, 16);
+      }
+      const float* k_blocks = kp + bh * k_head;
+      for (size_t kb = 0; kb < key_blocks; ++kb)
+        tile(std::min(kRows, nk - int(kb) * kRows), k_blocks + kb * dqk * kRows, qt, dqk,
+             st + kb * kRows * kLanes);
+      softmax_columns(st, nk, a.scale, col_sum);
+      const float* v_blocks = vp + bh * v_head;
+      for (size_t cb = 0; cb < channel_blocks; ++cb)
+        tile(std::min(kRows, dv - int(cb) * kRows), v_blocks + cb * nk * kRows, st, nk,
+             ot + cb * kRows * kLanes);
+      float inv[kLanes];
+      for (int l = 0; l < kLanes; ++l) inv[l] = 1.0f / col_sum[l];
+      for (int half = 0; half * 16 < queries; ++half) {
+        float* out = a.out + (b * nq + q0 + half * 16) * a.ldo + h * dv;
+        for (int c0 = 0; c0 < dv; c0 += 16)
+          transpose_block(ot + size_t(c0) * kLanes + half * 16, kLanes, std::min(16, dv - c0),
+                          std::min(16, queries - half * 16), out + c0, a.ldo, std::min(16, dv - c0),
+                          inv + half * 16);
+      }
+      if (a.probs)
+        for (int l = 0; l < queries; ++l) {
+          float* p = a.probs + (bh * nq + q0 + l) * size_t(nk);
+          for (int j = 0; j < nk; ++j) p[j] = st[size_t(j) * kLanes + l] * inv[l];
+        }
+    }
+  }
+}
+
+}  // namespace perceiver::fast
