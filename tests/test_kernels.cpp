@@ -10,6 +10,9 @@
 #include <cstdint>
 #include <vector>
 
+#ifdef PERCEIVER_HAVE_ONEDNN
+#include "kernels/fast_kernels.h"
+#endif
 #include "kernels/kernels.h"
 #include "kernels/numerics.h"
 #include "perceiver/perceiver.h"
@@ -106,6 +109,28 @@ TEST_F(KernelTest, Bf16LinearStaysCloseToFp32) {
   run_linear(*ref_, c, Precision::fp32, &want);
   EXPECT_TRUE(test::AllCloseScaled(got, want, 1e-2));
 }
+
+#ifdef PERCEIVER_HAVE_ONEDNN
+// The fast backend's own GELU pass (erf by Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7) against the exact
+// form in double precision, over [-12, 12] in steps of 2^-9 plus extremes; the length is not a multiple
+// of 16.
+TEST(FastKernels, GeluMatchesTheExactErfForm) {
+  std::vector<float> x;
+  for (int i = -12 * 512; i <= 12 * 512; ++i) x.push_back(float(i) / 512.0f);
+  for (float v : {1e-30f, -1e-30f, 1e-8f, -1e-8f, 30.0f, -30.0f, 1e4f, -1e4f, 3e38f, -3e38f}) x.push_back(v);
+  ASSERT_NE(x.size() % 16, 0u);
+  std::vector<float> y = x;
+  fast::gelu_inplace(y.data(), int(y.size()));
+  double worst = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double xd = x[i], want = 0.5 * xd * (1.0 + std::erf(xd / std::sqrt(2.0)));
+    const double err = std::abs(y[i] - want) / std::max(1.0, std::abs(xd));
+    worst = std::max(worst, err);
+    ASSERT_LE(err, 4e-7) << "gelu(" << x[i] << ") = " << y[i] << ", want " << want;
+  }
+  RecordProperty("worst_scaled_error", std::to_string(worst));
+}
+#endif
 
 TEST_F(KernelTest, LayerNormMatchesReference) {
   for (int cols : {1, 5, 16, 17, 33, 261, 322, 1024})

@@ -26,6 +26,9 @@ void scale_add(const float* x, int n, float a, float* y);
 // y = y * a
 void scale_inplace(float* y, int n, float a);
 
+// y = 0.5 y (1 + erf(y / sqrt 2)) in place (exact-form GELU; erf to about 2e-7 absolute).
+void gelu_inplace(float* y, int n);
+
 // fp32 -> bf16 bits, round to nearest even (as numerics.h's float_to_bf16_bits; NaN stays NaN).
 void to_bf16(const float* x, long n, uint16_t* y);
 
