@@ -26,6 +26,7 @@ struct BenchArgs {
   std::string precision = "fp32";
   std::string backend = "auto";
   int threads = 0;
+  bool no_mmap = false;
   int batch = 1;
   int iters = 10;
   int warmup = 2;
@@ -81,6 +82,7 @@ void run_bench(const BenchArgs& args) {
   options.precision = args.precision == "bf16" ? Precision::bf16 : Precision::fp32;
   options.threads = args.threads;
   options.backend = args.backend;
+  options.mmap_weights = !args.no_mmap;
 
   std::string model_name;
   std::unique_ptr<Model> model;
@@ -148,6 +150,7 @@ void run_bench(const BenchArgs& args) {
     j["architecture"] = info.architecture;
     j["backend"] = info.backend;
     j["precision"] = args.precision;
+    j["weights_in_place"] = info.weights_in_place;
     j["threads"] = threads;
     j["batch"] = B;
     j["height"] = height;
@@ -197,6 +200,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--backend", args->backend, "auto, fast or reference")
       ->check(CLI::IsMember({"auto", "fast", "reference"}));
   cmd->add_option("-t,--threads", args->threads, "Threads (default: all cores)")->check(CLI::Range(0, 1024));
+  cmd->add_flag("--no-mmap", args->no_mmap, "Copy the weights into memory rather than read them in place");
   cmd->add_option("-b,--batch", args->batch, "Images per forward pass (default 1)")
       ->check(CLI::Range(1, 4096));
   cmd->add_option("-n,--iters", args->iters, "Timed iterations (default 10)")->check(CLI::Range(1, 100000));

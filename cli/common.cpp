@@ -21,6 +21,8 @@ void ModelArgs::add_to(CLI::App* app) {
   app->add_option("--backend", backend, "Kernels: auto, fast (oneDNN) or reference (plain loops)")
       ->check(CLI::IsMember({"auto", "fast", "reference"}));
   app->add_option("-t,--threads", threads, "Threads (default: all cores)")->check(CLI::Range(0, 1024));
+  app->add_flag("--no-mmap", no_mmap,
+                "Copy the weights into memory instead of reading fp32 weights in place from the mapped file");
   app->add_flag("-q,--quiet", quiet, "No progress bars or notes on stderr");
 }
 
@@ -50,6 +52,7 @@ ModelOptions ModelArgs::options() const {
   o.precision = precision == "bf16" ? Precision::bf16 : Precision::fp32;
   o.threads = threads;
   o.backend = backend;
+  o.mmap_weights = !no_mmap;
   return o;
 }
 

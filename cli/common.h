@@ -20,6 +20,7 @@ struct ModelArgs {
   std::string precision = "fp32";
   std::string backend = "auto";
   int threads = 0;
+  bool no_mmap = false;
   bool quiet = false;
 
   void add_to(CLI::App* app);

@@ -16,6 +16,9 @@ void register_info(CLI::App& app) {
     std::cout << "directory:    " << dir.string() << "\n"
               << "architecture: " << info.architecture << "\n"
               << "backend:      " << info.backend << "\n"
+              << "weights:      "
+              << (info.weights_in_place ? "read in place from the memory-mapped file" : "copied into memory")
+              << "\n"
               << "parameters:   " << info.num_parameters << "\n"
               << "latents:      " << info.num_latents << " x " << info.d_latents << "\n"
               << "labels:       " << info.num_labels << " (" << info.labels.front() << " ... "

@@ -19,14 +19,16 @@ struct GoldenCase {
   std::string variant;  // conv-tiny, fourier-tiny, learned-tiny
   std::string weights;  // model.safetensors or pytorch_model.bin
   std::string backend;  // reference or auto
+  bool mmap = true;     // ModelOptions::mmap_weights
 };
 
 void PrintTo(const GoldenCase& c, std::ostream* os) {
-  *os << c.variant << " " << c.weights << " " << c.backend;
+  *os << c.variant << " " << c.weights << " " << c.backend << (c.mmap ? "" : " no-mmap");
 }
 
 std::string case_name(const ::testing::TestParamInfo<GoldenCase>& info) {
-  std::string s = info.param.variant + "_" + info.param.weights + "_" + info.param.backend;
+  std::string s = info.param.variant + "_" + info.param.weights + "_" + info.param.backend +
+                  (info.param.mmap ? "" : "_nommap");
   for (char& ch : s)
     if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
   return s;
@@ -42,7 +44,11 @@ TEST_P(GoldenTest, EveryIntermediateAndLogitsMatchHuggingFace) {
   ModelOptions options;
   options.weights_file = dir / p.weights;
   options.backend = p.backend;
+  options.mmap_weights = p.mmap;
   auto model = Model::load(dir, options);
+  // The fast backend reads fp32 weights in place from a mapped safetensors file; nothing else does.
+  EXPECT_EQ(model->info().weights_in_place,
+            p.mmap && p.weights == "model.safetensors" && model->info().backend == "fast");
 
   NpyArray pixels = read_npy(dir / "pixel_values.npy");
   ASSERT_EQ(pixels.shape.size(), 4u);
@@ -93,6 +99,8 @@ std::vector<GoldenCase> all_cases() {
   for (std::string v : {"conv-tiny", "fourier-tiny", "learned-tiny"})
     for (std::string w : {"model.safetensors", "pytorch_model.bin"})
       for (std::string b : {"reference", "auto"}) cases.push_back({v, w, b});
+  for (std::string v : {"conv-tiny", "fourier-tiny", "learned-tiny"})
+    cases.push_back({v, "model.safetensors", "auto", false});  // weights copied and packed
   return cases;
 }
 

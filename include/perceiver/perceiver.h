@@ -24,6 +24,10 @@ struct ModelOptions {
   Precision precision = Precision::fp32;
   int threads = 0;               // <= 0: all cores available to the process
   std::string backend = "auto";  // "auto" (fastest available), "reference" (plain loops), "fast"
+  // fp32 weights stored as F32 in model.safetensors are read in place from the memory-mapped file (no copy:
+  // faster loads, pages shared between processes). The file must then not be modified or truncated while the
+  // model lives. false: copy every weight into memory at load.
+  bool mmap_weights = true;
 };
 
 struct ModelInfo {
@@ -34,6 +38,7 @@ struct ModelInfo {
   int num_latents = 0, d_latents = 0;
   int fixed_image_height = 0, fixed_image_width = 0;  // learned model: the only size it admits; else 0
   int64_t num_parameters = 0;
+  bool weights_in_place = false;  // some layers read their weights straight from the mapped weights file
 };
 
 // Called with intermediate activations during forward() when set (tests, debugging). Names and shapes follow

@@ -1,15 +1,19 @@
 // The fast backend: oneDNN matmul for every GEMM (weights packed once at load into the layout oneDNN's brgemm
-// kernels want, primitives created once per shape and cached), fused attention in cache-sized tiles with an
-// online softmax, one-pass vectorised LayerNorm. One thread pool: oneDNN (Debian's build) threads with
-// OpenMP, and so do the loops here, with the same thread count.
+// kernels want, primitives created once per shape and cached); fused attention, in fp32 on AVX-512 CPUs by
+// the hand-written kernel of fast_attention.cpp, otherwise (bf16, or no AVX-512) in oneDNN GEMM tiles with an
+// online softmax; one-pass vectorised LayerNorm and GELU. One thread pool: oneDNN (Debian's build) threads
+// with OpenMP, and so do the loops here, with the same thread count.
 //
 // Run-time dispatch: oneDNN picks its own ISA (avx2, avx512_core, avx512_core_bf16, avx512_core_amx) at run
-// time; the hand-written kernels in fast_kernels.cpp use AVX-512 when the CPU has it and portable loops
-// otherwise. Nothing here is compiled with -mavx512*. bf16 needs AVX-512 (oneDNN 2.6 has no bf16 GEMM below).
+// time; the hand-written kernels (fast_kernels.cpp, fast_attention.cpp) use AVX-512 when the CPU has it and
+// portable loops or the oneDNN path otherwise. Nothing is compiled with -mavx512* except functions marked
+// PCV_AVX512. bf16 needs AVX-512 (oneDNN 2.6 has no bf16 GEMM below).
 //
-// Scratch memory (bf16 copies of GEMM inputs, per-head Q/K/V, per-thread score tiles, oneDNN scratchpads)
+// Scratch memory (bf16 copies of GEMM inputs, packed K/V, per-thread score panels, oneDNN scratchpads)
 // only grows: it is sized the first time a shape is seen, so a second forward() of the same shape allocates
 // nothing here. (oneDNN itself may still make small internal allocations per primitive execution.)
+//
+// PERCEIVER_PROFILE=1 prints the time and GFLOP/s of every op, by shape, to stderr at exit.
 #include <dnnl.h>
 #include <omp.h>
 
@@ -88,39 +92,15 @@ struct Gemm {
 
 dt dtype_of(Precision p) { return p == Precision::bf16 ? dt::bf16 : dt::f32; }
 
-// Memory for packed weights, touched once on all threads: the first touch of fresh memory makes the kernel
-// zero-fill every page, which is most of the load time in a VM, and the reorder that fills the buffer runs
-// on one thread. (Transparent huge pages were tried: with the usual defrag=madvise setting a fault may
-// compact memory synchronously, and loads took 400 ms instead of 150.)
-class WeightBuffer {
- public:
-  explicit WeightBuffer(size_t bytes) {
-    const size_t size = (bytes + 63) / 64 * 64;
-    ptr_ = std::aligned_alloc(64, size);
-    if (!ptr_) throw std::bad_alloc();
-    constexpr size_t kPage = 4096;
-    char* p = static_cast<char*>(ptr_);
-    const long pages = long(size / kPage);
-#pragma omp parallel for schedule(static)
-    for (long i = 0; i < pages; ++i) p[size_t(i) * kPage] = 0;
-  }
-  ~WeightBuffer() { std::free(ptr_); }
-  WeightBuffer(const WeightBuffer&) = delete;
-  WeightBuffer& operator=(const WeightBuffer&) = delete;
-  void* data() const { return ptr_; }
-
- private:
-  void* ptr_ = nullptr;
-};
-
-// Weights packed for the brgemm kernels; primitives cached per (rows, strides, epilogue).
+// A linear layer for oneDNN: one or more blocks of output columns ("parts"), each a GEMM with its own
+// weights, bias and cached primitives (per rows, strides, epilogue). Packed: one part, the weights re-laid
+// out once for the brgemm kernels. In place (fp32 from a mapped file): one part per stacked input block,
+// reading the caller's PyTorch-layout [rows, K] weights as the K x rows matrix with strides (1, K), oneDNN's
+// "ba"; on the model's shapes brgemm runs as fast on those as on packed weights (512x1024x{1024,3072}: within
+// 1%).
 class FastLinear : public PackedLinear {
  public:
   Precision precision = Precision::fp32;
-  md packed_md;
-  std::unique_ptr<WeightBuffer> weight_buffer;
-  dnnl::memory weights, bias;  // weights live in weight_buffer, bias owns its buffer
-
   struct Entry {
     int rows;
     long ldx, ldy;
@@ -128,7 +108,13 @@ class FastLinear : public PackedLinear {
     bool sum;
     std::unique_ptr<Gemm> gemm;
   };
-  std::vector<Entry> cache;
+  struct Part {
+    int col = 0, cols = 0;  // output columns [col, col + cols)
+    md weight_md;
+    dnnl::memory weights, bias;  // packed weights and bias own their buffers; in-place weights do not
+    std::vector<Entry> cache;
+  };
+  std::vector<Part> parts;
 };
 
 // Query rows per tile of the oneDNN attention (bf16, and fp32 without AVX-512): 256 ran the bf16 model 4%
@@ -204,36 +190,71 @@ class FastBackend final : public Backend {
 
   std::string name() const override { return "fast"; }
 
-  std::unique_ptr<PackedLinear> pack_linear(const float* weight, const float* bias, int out_features,
-                                            int in_features, Precision precision) override {
+  bool reads_in_place(Precision precision) const override { return precision == Precision::fp32; }
+
+  using Backend::pack_linear;
+  std::unique_ptr<PackedLinear> pack_linear(const std::vector<LinearPart>& parts, int in_features,
+                                            Precision precision, bool in_place) override {
     if (precision == Precision::bf16 && (!fast::cpu_has_avx512() || std::getenv("PERCEIVER_DISABLE_AVX512")))
       throw Error(ErrorKind::usage,
                   "--precision bf16 needs a CPU with AVX-512; this one has none (use fp32)");
     ThreadCount tc(threads_);
     auto w = std::make_unique<FastLinear>();
     w->in_features = in_features;
-    w->out_features = out_features;
     w->precision = precision;
+    for (const auto& p : parts) w->out_features += p.rows;
+    const int K = in_features, N = w->out_features;
+    in_place = in_place && precision == Precision::fp32 &&
+               std::all_of(parts.begin(), parts.end(), [](const LinearPart& p) {
+                 return reinterpret_cast<uintptr_t>(p.weight) % 4 == 0;
+               });
+    if (in_place) {
+      int col = 0;
+      for (const auto& p : parts) {
+        FastLinear::Part& part = w->parts.emplace_back();
+        part.col = col;
+        part.cols = p.rows;
+        part.weight_md = md({K, p.rows}, dt::f32, tag::ba);
+        part.weights = dnnl::memory(part.weight_md, engine_, const_cast<float*>(p.weight));
+        part.bias = make_bias(p.bias ? p.bias : nullptr, p.rows);
+        col += p.rows;
+      }
+      w->reads_in_place = true;
+      return w;
+    }
+    // Packed: stack the parts, then reorder into the layout brgemm asks for at a typical row count (the
+    // layout depends on K, N and the data type only; checked for M = 1 .. 12544).
+    const float* weight = parts.size() == 1 ? parts[0].weight : nullptr;
+    std::vector<float> bias, stacked;
+    if (parts.size() > 1) {
+      stacked.resize(size_t(N) * K);
+      size_t row = 0;
+      for (const auto& p : parts) {
+        std::memcpy(&stacked[row * K], p.weight, sizeof(float) * size_t(p.rows) * K);
+        row += p.rows;
+      }
+      weight = stacked.data();
+    }
+    const bool any_bias = std::any_of(parts.begin(), parts.end(), [](const LinearPart& p) { return p.bias; });
+    if (any_bias)
+      for (const auto& p : parts)
+        for (int i = 0; i < p.rows; ++i) bias.push_back(p.bias ? p.bias[i] : 0.0f);
     const dt wdt = dtype_of(precision);
-    // Ask brgemm which weight layout it wants for a typical row count; the layout depends on K, N and the
-    // data type only (checked for M = 1 .. 12544), and later primitives are created for exactly this layout.
     const int rows_hint = 512;
-    md a({rows_hint, in_features}, wdt, tag::ab);
-    md b({in_features, out_features}, wdt, tag::any);
-    md c({rows_hint, out_features}, dt::f32, tag::ab);
+    md a({rows_hint, K}, wdt, tag::ab);
+    md b({K, N}, wdt, tag::any);
+    md c({rows_hint, N}, dt::f32, tag::ab);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, engine_);
-    w->packed_md = pd.weights_desc();
-    w->weight_buffer = std::make_unique<WeightBuffer>(w->packed_md.get_size());
-    w->weights = dnnl::memory(w->packed_md, engine_, w->weight_buffer->data());
+    FastLinear::Part& part = w->parts.emplace_back();
+    part.cols = N;
+    part.weight_md = pd.weights_desc();
+    part.weights = dnnl::memory(part.weight_md, engine_);
     // PyTorch's [N, K] row-major weight is the K x N matrix W^T with strides (1, K): format "ba".
-    dnnl::memory src(md({in_features, out_features}, dt::f32, tag::ba), engine_, const_cast<float*>(weight));
-    dnnl::reorder(src, w->weights).execute(streams_[0], src, w->weights);
-    if (bias) {
-      w->bias = dnnl::memory(md({1, out_features}, dt::f32, tag::ab), engine_);
-      std::memcpy(w->bias.get_data_handle(), bias, sizeof(float) * out_features);
-    }
+    dnnl::memory src(md({K, N}, dt::f32, tag::ba), engine_, const_cast<float*>(weight));
+    dnnl::reorder(src, part.weights).execute(streams_[0], src, part.weights);
+    part.bias = make_bias(any_bias ? bias.data() : nullptr, N);
     streams_[0].wait();
     return w;
   }
@@ -267,8 +288,10 @@ class FastBackend final : public Backend {
     // GELU: oneDNN's gelu_erf post-op slowed the bf16 GEMM by half; our own pass over the output is cheaper.
     // (With a residual the GELU must come before the sum: keep the post-op chain then.)
     const bool own_gelu = act == Activation::gelu && !residual && fast::use_avx512();
-    Gemm& g = linear_gemm(w, rows, lda, ldy, own_gelu ? Activation::none : act, residual != nullptr);
-    g.run(0, streams_[0], src, nullptr, y, gemm_scratch_.as<void>());
+    for (auto& part : w.parts) {
+      Gemm& g = part_gemm(w, part, rows, lda, ldy, own_gelu ? Activation::none : act, residual != nullptr);
+      g.run(0, streams_[0], src, nullptr, y + part.col, gemm_scratch_.as<void>());
+    }
     if (own_gelu) {
 #pragma omp parallel for num_threads(threads_) schedule(static)
       for (int m = 0; m < rows; ++m) fast::gelu_inplace(y + m * ldy, N);
@@ -295,25 +318,33 @@ class FastBackend final : public Backend {
     }
   };
 
-  Gemm& linear_gemm(FastLinear& w, int rows, long lda, long ldy, Activation act, bool sum) {
-    for (auto& e : w.cache)
+  dnnl::memory make_bias(const float* bias, int n) {
+    if (!bias) return dnnl::memory();
+    dnnl::memory m(md({1, n}, dt::f32, tag::ab), engine_);
+    std::memcpy(m.get_data_handle(), bias, sizeof(float) * n);
+    return m;
+  }
+
+  Gemm& part_gemm(FastLinear& w, FastLinear::Part& part, int rows, long lda, long ldy, Activation act,
+                  bool sum) {
+    for (auto& e : part.cache)
       if (e.rows == rows && e.ldx == lda && e.ldy == ldy && e.act == act && e.sum == sum) return *e.gemm;
     const dt adt = dtype_of(w.precision);
     md a({rows, w.in_features}, adt, dims{lda, 1});
-    md c({rows, w.out_features}, dt::f32, dims{ldy, 1});
+    md c({rows, part.cols}, dt::f32, dims{ldy, 1});
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     dnnl::post_ops po;
     if (act == Activation::gelu) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
     if (sum) po.append_sum(1.0f);
     attr.set_post_ops(po);
-    md bias_md = w.bias ? w.bias.get_desc() : md();
-    auto g = std::make_unique<Gemm>(engine_, a, w.packed_md, w.bias ? &bias_md : nullptr, c, attr, 1);
-    g->mem_b[0] = w.weights;
-    g->bias = w.bias;
+    md bias_md = part.bias ? part.bias.get_desc() : md();
+    auto g = std::make_unique<Gemm>(engine_, a, part.weight_md, part.bias ? &bias_md : nullptr, c, attr, 1);
+    g->mem_b[0] = part.weights;
+    g->bias = part.bias;
     gemm_scratch_.reserve(g->scratch_bytes());
-    w.cache.push_back({rows, lda, ldy, act, sum, std::move(g)});
-    return *w.cache.back().gemm;
+    part.cache.push_back({rows, lda, ldy, act, sum, std::move(g)});
+    return *part.cache.back().gemm;
   }
 
   AttentionPlan& attention_plan(const AttentionArgs& a);

@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "perceiver/perceiver.h"
 
@@ -17,8 +18,9 @@ const char* precision_name(Precision precision);  // "fp32", "bf16"
 class PackedLinear {
  public:
   virtual ~PackedLinear() = default;
-  int in_features = 0;   // K
-  int out_features = 0;  // N
+  int in_features = 0;          // K
+  int out_features = 0;         // N
+  bool reads_in_place = false;  // the backend reads the caller's weights (pack_linear's in_place) directly
 };
 
 enum class Activation { none, gelu };  // gelu is the exact erf form: 0.5 x (1 + erf(x / sqrt 2))
@@ -43,14 +45,33 @@ struct AttentionArgs {
   Precision precision = Precision::fp32;
 };
 
+// One block of output rows of a linear layer: weight [rows, in_features] (PyTorch layout), bias [rows] or
+// nullptr. A layer may stack several (the self-attention's query, key and value projections).
+struct LinearPart {
+  const float* weight = nullptr;
+  const float* bias = nullptr;
+  int rows = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
 
-  // weight: [out_features, in_features] (PyTorch layout); bias: [out_features] or nullptr.
-  virtual std::unique_ptr<PackedLinear> pack_linear(const float* weight, const float* bias, int out_features,
-                                                    int in_features, Precision precision) = 0;
+  // The layer whose weight is the parts stacked by rows ([sum of rows, in_features]) and whose bias is theirs
+  // stacked (a part without bias counts as zeros). in_place: the weights stay valid and unchanged as long as
+  // the result lives (a mapped weights file), so the backend may read them where they are instead of copying
+  // (the fast backend does, in fp32). Biases are always copied.
+  virtual std::unique_ptr<PackedLinear> pack_linear(const std::vector<LinearPart>& parts, int in_features,
+                                                    Precision precision, bool in_place) = 0;
+  // Whether pack_linear(..., in_place = true) reads the weights in place at this precision.
+  virtual bool reads_in_place(Precision) const { return false; }
+  // One part: weight [out_features, in_features], bias [out_features] or nullptr.
+  std::unique_ptr<PackedLinear> pack_linear(const float* weight, const float* bias, int out_features,
+                                            int in_features, Precision precision, bool in_place = false) {
+    return pack_linear(std::vector<LinearPart>{{weight, bias, out_features}}, in_features, precision,
+                       in_place);
+  }
 
   // y[m, :] = act(x[m, :] W^T + b) + residual[m, :]   for m < rows.
   // x: [rows, K] (row stride ldx), y: [rows, N] (row stride ldy), residual: [rows, N] with stride ldy or

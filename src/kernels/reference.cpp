@@ -28,16 +28,21 @@ class ReferenceBackend : public Backend {
   explicit ReferenceBackend(int threads) : threads_(threads > 0 ? threads : omp_get_num_procs()) {}
   std::string name() const override { return "reference"; }
 
-  std::unique_ptr<PackedLinear> pack_linear(const float* weight, const float* bias, int out_features,
-                                            int in_features, Precision precision) override {
+  using Backend::pack_linear;
+  std::unique_ptr<PackedLinear> pack_linear(const std::vector<LinearPart>& parts, int in_features,
+                                            Precision precision, bool /*in_place: always copies*/) override {
     auto w = std::make_unique<ReferenceLinear>();
     w->in_features = in_features;
-    w->out_features = out_features;
     w->precision = precision;
-    w->weight.assign(weight, weight + size_t(out_features) * in_features);
+    const bool any_bias = std::any_of(parts.begin(), parts.end(), [](const LinearPart& p) { return p.bias; });
+    for (const auto& p : parts) {
+      w->out_features += p.rows;
+      w->weight.insert(w->weight.end(), p.weight, p.weight + size_t(p.rows) * in_features);
+      if (any_bias)
+        for (int i = 0; i < p.rows; ++i) w->bias.push_back(p.bias ? p.bias[i] : 0.0f);
+    }
     if (precision == Precision::bf16)
       for (float& x : w->weight) x = round_to_bf16(x);
-    if (bias) w->bias.assign(bias, bias + out_features);
     return w;
   }
 

@@ -34,6 +34,7 @@ struct Weight {
   size_t size = 0;
   std::vector<float> owned;
   const TensorRef* ref = nullptr;  // the file's tensor, when it came from a file
+  bool mapped = false;             // data points into the memory-mapped weights file (zero-copy F32)
 
   const float& operator[](size_t i) const { return data[i]; }
   std::vector<float> vec() const { return std::vector<float>(data, data + size); }
@@ -77,6 +78,7 @@ class WeightReader {
       w.ref = t;
       if (t->dtype == DType::f32) {  // zero-copy
         if (release_pages_) populate(*t);
+        w.mapped = release_pages_;
         w.data = reinterpret_cast<const float*>(t->data);
         w.size = count(shape);
         return w;
@@ -86,12 +88,6 @@ class WeightReader {
     w.data = w.owned.data();
     w.size = w.owned.size();
     return w;
-  }
-
-  // A reusable buffer of at least n floats (contents undefined), for stacking tensors before packing.
-  float* scratch(size_t n) {
-    if (scratch_.size() < n) scratch_.resize(n);
-    return scratch_.data();
   }
 
   // Maps the tensor's file pages in one system call before packing reads them: one page fault per 4 KB page
@@ -107,10 +103,10 @@ class WeightReader {
 #endif
   }
 
-  // The tensor has been packed and is not needed any more: give its file pages back, so that the mapped file
-  // and the packed weights do not both count in the resident set while loading.
-  void release(const Weight& w) const {
-    if (!release_pages_ || !w.ref || w.ref->dtype != DType::f32 || w.ref->nbytes == 0) return;
+  // The tensor has been packed (copied) and is not needed any more: give its file pages back, so that the
+  // mapped file and the packed weights do not both count in the resident set while loading.
+  void release(const Weight& w, const PackedLinear& packed) const {
+    if (packed.reads_in_place || !w.mapped || w.ref->nbytes == 0) return;
     static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
     const uintptr_t begin = (reinterpret_cast<uintptr_t>(w.ref->data) + page - 1) / page * page;
     const uintptr_t end = (reinterpret_cast<uintptr_t>(w.ref->data) + w.ref->nbytes) / page * page;
@@ -178,7 +174,6 @@ class WeightReader {
   size_t missing_elements_ = 0;
   static constexpr size_t kMaxMissingElements = size_t{1} << 24;  // zeros allocated for missing tensors
   int64_t num_parameters_ = 0;
-  std::vector<float> scratch_;
 };
 
 struct LayerNormWeights {
@@ -189,8 +184,9 @@ struct LayerNormWeights {
 struct LayerWeights {
   LayerShape shape;
   LayerNormWeights ln_query, ln_kv, ln_mlp;  // ln_kv: cross-attention only
-  // Self-attention: one GEMM for Q, K and V (weights concatenated, output [rows, 2 qk + v]); cross-attention:
-  // query from the query stream, key and value from the key/value stream.
+  // Self-attention: one GEMM for Q, K and V (weights stacked, output [rows, 2 qk + v]) when packed, or three
+  // (query, key, value) when the weights are read in place; cross-attention: query from the query stream, key
+  // and value from the key/value stream.
   std::unique_ptr<PackedLinear> qkv, query, key, value, output, mlp1, mlp2;
 };
 
@@ -219,7 +215,18 @@ class PerceiverModel final : public Model {
                   LayerWeights* layer);
   LayerNormWeights load_layer_norm(WeightReader& reader, const std::string& prefix, int width);
   std::unique_ptr<PackedLinear> load_linear(WeightReader& reader, const std::string& prefix, int out, int in);
+  // Packs weights as the backend wants them; in place (no copy) when they are F32 in the mapped file, the
+  // options allow it and the backend can.
+  std::unique_ptr<PackedLinear> pack(WeightReader& reader, const std::vector<const Weight*>& weights,
+                                     const std::vector<const Weight*>& biases, int in, Precision precision);
 
+ public:
+  // Keeps the mapped weights file alive when some layer reads its weights in place.
+  void keep_mapped_file(std::unique_ptr<TensorFile> file) {
+    if (info_.weights_in_place) mapped_file_ = std::move(file);
+  }
+
+ private:
   void prepare(int batch, int height, int width);
   void build_inputs(const ForwardArgs& args);  // pixels -> inputs_ [B, N, C]
   // x: [batch * nq, q_dim], updated in place. kv_raw: [batch * nk, kv_dim] for cross-attention, or nullptr.
@@ -230,6 +237,7 @@ class PerceiverModel final : public Model {
     if (args.trace) (*args.trace)(name, shape, data);
   }
 
+  std::unique_ptr<TensorFile> mapped_file_;  // weights read in place by the backend (fp32, safetensors)
   PerceiverConfig config_;
   ModelInfo info_;
   ModelOptions options_;
@@ -287,7 +295,7 @@ PerceiverModel::PerceiverModel(PerceiverConfig config, WeightReader& reader, con
     case Architecture::conv: {
       const std::string cp = p + "input_preprocessor.convnet.";
       auto w = reader.get(cp + "conv.weight", {kConvStemChannels, 3, 7, 7});
-      conv_stem_ = backend_->pack_linear(w.data, nullptr, kConvStemChannels, 3 * 7 * 7, Precision::fp32);
+      conv_stem_ = pack(reader, {&w}, {nullptr}, 3 * 7 * 7, Precision::fp32);
       auto gamma = reader.get(cp + "batchnorm.weight", {kConvStemChannels});
       auto beta = reader.get(cp + "batchnorm.bias", {kConvStemChannels});
       auto mean = reader.get(cp + "batchnorm.running_mean", {kConvStemChannels});
@@ -345,13 +353,28 @@ LayerNormWeights PerceiverModel::load_layer_norm(WeightReader& reader, const std
   return {reader.get(prefix + ".weight", {width}).vec(), reader.get(prefix + ".bias", {width}).vec()};
 }
 
+std::unique_ptr<PackedLinear> PerceiverModel::pack(WeightReader& reader,
+                                                   const std::vector<const Weight*>& weights,
+                                                   const std::vector<const Weight*>& biases, int in,
+                                                   Precision precision) {
+  std::vector<LinearPart> parts;
+  bool mapped = options_.mmap_weights;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    parts.push_back(
+        {weights[i]->data, biases[i] ? biases[i]->data : nullptr, int(weights[i]->size / size_t(in))});
+    mapped = mapped && weights[i]->mapped;
+  }
+  auto packed = backend_->pack_linear(parts, in, precision, mapped);
+  if (packed->reads_in_place) info_.weights_in_place = true;
+  for (const Weight* w : weights) reader.release(*w, *packed);
+  return packed;
+}
+
 std::unique_ptr<PackedLinear> PerceiverModel::load_linear(WeightReader& reader, const std::string& prefix,
                                                           int out, int in) {
   auto w = reader.get(prefix + ".weight", {out, in});
   auto b = reader.get(prefix + ".bias", {out});
-  auto packed = backend_->pack_linear(w.data, b.data, out, in, options_.precision);
-  reader.release(w);
-  return packed;
+  return pack(reader, {&w}, {&b}, in, options_.precision);
 }
 
 void PerceiverModel::load_layer(WeightReader& reader, const std::string& prefix, const LayerShape& s,
@@ -364,23 +387,25 @@ void PerceiverModel::load_layer(WeightReader& reader, const std::string& prefix,
     layer->key = load_linear(reader, prefix + "attention.self.key", s.qk_channels, s.kv_dim);
     layer->value = load_linear(reader, prefix + "attention.self.value", s.v_channels, s.kv_dim);
   } else {  // Q, K and V all read LN(x): one GEMM with the three weight matrices stacked
-    const int n = 2 * s.qk_channels + s.v_channels;
-    // One stacking buffer for all layers: a fresh 12 MB vector per layer costs more in page faults than the
-    // copy.
-    float* weight = reader.scratch(size_t(n) * s.q_dim);
-    std::vector<float> bias(n);
-    int row = 0;
+    std::vector<Weight> weights, biases;
     for (const auto& [name, rows] : {std::pair<const char*, int>{"query", s.qk_channels},
                                      {"key", s.qk_channels},
                                      {"value", s.v_channels}}) {
-      auto w = reader.get(prefix + "attention.self." + name + ".weight", {rows, s.q_dim});
-      auto b = reader.get(prefix + "attention.self." + name + ".bias", {rows});
-      std::memcpy(&weight[size_t(row) * s.q_dim], w.data, sizeof(float) * w.size);
-      std::memcpy(&bias[row], b.data, sizeof(float) * b.size);
-      reader.release(w);
-      row += rows;
+      weights.push_back(reader.get(prefix + "attention.self." + name + ".weight", {rows, s.q_dim}));
+      biases.push_back(reader.get(prefix + "attention.self." + name + ".bias", {rows}));
     }
-    layer->qkv = backend_->pack_linear(weight, bias.data(), n, s.q_dim, options_.precision);
+    // Weights read in place from the file stay three GEMMs with dense outputs: oneDNN runs unpacked weights
+    // 15% slower when it writes into the strided [Q | K | V] rows. Packed, they are one stacked GEMM.
+    const bool in_place = options_.mmap_weights && backend_->reads_in_place(options_.precision) &&
+                          weights[0].mapped && weights[1].mapped && weights[2].mapped;
+    if (in_place) {
+      layer->query = pack(reader, {&weights[0]}, {&biases[0]}, s.q_dim, options_.precision);
+      layer->key = pack(reader, {&weights[1]}, {&biases[1]}, s.q_dim, options_.precision);
+      layer->value = pack(reader, {&weights[2]}, {&biases[2]}, s.q_dim, options_.precision);
+    } else {
+      layer->qkv = pack(reader, {&weights[0], &weights[1], &weights[2]}, {&biases[0], &biases[1], &biases[2]},
+                        s.q_dim, options_.precision);
+    }
   }
   layer->output = load_linear(reader, prefix + "attention.output.dense", s.q_dim, s.v_channels);
   layer->ln_mlp = load_layer_norm(reader, prefix + "layernorm", s.q_dim);
@@ -605,13 +630,25 @@ void PerceiverModel::run_layer(const LayerWeights& lw, float* x, int batch, int 
     a.v = w.values.data();
     a.ldq = a.ldk = s.qk_channels;
     a.ldv = s.v_channels;
-  } else {  // self-attention: [Q | K | V] = LN(x) [Wq | Wk | Wv]^T in one GEMM
+  } else if (lw.qkv) {  // self-attention: [Q | K | V] = LN(x) [Wq | Wk | Wv]^T in one GEMM
     const int n = 2 * s.qk_channels + s.v_channels;
     backend_->linear(*lw.qkv, x_norm, s.q_dim, rows_q, w.qkv.data(), n, Activation::none, nullptr);
     a.q = w.qkv.data();
     a.k = w.qkv.data() + s.qk_channels;
     a.v = w.qkv.data() + 2 * s.qk_channels;
     a.ldq = a.ldk = a.ldv = n;
+  } else {  // self-attention, three GEMMs: Q, K and V dense one after another in the same buffer
+    float* q = w.qkv.data();
+    float* k = q + size_t(rows_q) * s.qk_channels;
+    float* v = k + size_t(rows_q) * s.qk_channels;
+    backend_->linear(*lw.query, x_norm, s.q_dim, rows_q, q, s.qk_channels, Activation::none, nullptr);
+    backend_->linear(*lw.key, x_norm, s.q_dim, rows_q, k, s.qk_channels, Activation::none, nullptr);
+    backend_->linear(*lw.value, x_norm, s.q_dim, rows_q, v, s.v_channels, Activation::none, nullptr);
+    a.q = q;
+    a.k = k;
+    a.v = v;
+    a.ldq = a.ldk = s.qk_channels;
+    a.ldv = s.v_channels;
   }
   a.out = w.context.data();
   a.probs = probs;
@@ -716,8 +753,9 @@ std::unique_ptr<Model> Model::load(const std::filesystem::path& model_dir, const
   std::ifstream(weights_path, std::ios::binary).read(magic, 2);
   const bool mapped = !(magic[0] == 'P' && magic[1] == 'K');
   WeightReader reader(*file, mapped);
-  return std::make_unique<PerceiverModel>(std::move(config), reader, options);
-  // (the file and its mapping go away here)
+  auto model = std::make_unique<PerceiverModel>(std::move(config), reader, options);
+  model->keep_mapped_file(std::move(file));  // else the file and its mapping go away here
+  return model;
 }
 
 std::unique_ptr<Model> Model::create_random(const std::string& config_json, uint64_t seed,
