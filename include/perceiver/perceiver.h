@@ -28,6 +28,9 @@ struct ModelOptions {
   // faster loads, pages shared between processes). The file must then not be modified or truncated while the
   // model lives. false: copy every weight into memory at load.
   bool mmap_weights = true;
+  // forward() runs a batch through the network this many images at a time (bounded memory; on CPUs larger
+  // passes are not faster for these models). <= 0: one image per 8 threads, at least one.
+  int images_per_pass = 0;
 };
 
 struct ModelInfo {

@@ -426,7 +426,9 @@ void FastBackend::attention(const AttentionArgs& a) {
                  "attention " + std::to_string(a.nq) + "x" + std::to_string(a.nk) + " h" +
                      std::to_string(a.heads) + " d" + std::to_string(a.dqk) + "/" + std::to_string(a.dv),
                  2.0 * a.batch * a.heads * a.nq * a.nk * (a.dqk + a.dv));
-  if (a.precision == Precision::fp32 && fast::use_avx512()) {
+  // The hand-written kernel works in blocks of 32 queries and packs K and V per head: with a handful of
+  // queries (the decoder's single one) the oneDNN tiles do less work.
+  if (a.precision == Precision::fp32 && fast::use_avx512() && a.nq >= 16) {
     attention_fp32_.run(a, threads_);
     return;
   }
