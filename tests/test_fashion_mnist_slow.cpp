@@ -1,5 +1,8 @@
 // Real data: all 10,000 Fashion-MNIST test images (Debian's dataset-fashion-mnist) through the image path
 // (gray 28x28 -> RGB -> preprocessor_config.json) and the trained model, against HF's logits and predictions.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -14,23 +17,15 @@ namespace {
 
 const std::filesystem::path kDataset = "/usr/share/datasets/fashion-mnist";
 
-TEST(FashionMnist, AllTestImagesMatchHuggingFace) {
-  ASSERT_TRUE(std::filesystem::exists(kDataset / "t10k-images-idx3-ubyte.gz"))
-      << "install Debian's dataset-fashion-mnist (scripts/install-deps.sh does)";
-  const auto model_dir = test::shared_dir() / "models" / "fashion-mnist-conv";
-  const auto expected = model_dir / "expected";
-  nlohmann::json manifest = nlohmann::json::parse(std::ifstream(expected / "manifest.json"));
-
+// Logits of all test images, [10000, 10], through the image path and a model loaded with `options`.
+std::vector<float> test_set_logits(const ModelOptions& options) {
   IdxImages images = read_idx_images(kDataset / "t10k-images-idx3-ubyte.gz");
-  std::vector<uint8_t> labels = read_idx_labels(kDataset / "t10k-labels-idx1-ubyte.gz");
-  ASSERT_EQ(images.count, 10000);
-  ASSERT_EQ(labels.size(), 10000u);
-
+  EXPECT_EQ(images.count, 10000);
+  const auto model_dir = test::shared_dir() / "models" / "fashion-mnist-conv";
   PreprocessorConfig prep = load_preprocessor_config(model_dir / "preprocessor_config.json");
-  auto model = Model::load(model_dir);
+  auto model = Model::load(model_dir, options);
   const int num_labels = model->info().num_labels;
-  ASSERT_EQ(num_labels, 10);
-
+  EXPECT_EQ(num_labels, 10);
   const int batch = 500;
   std::vector<float> logits(size_t(images.count) * num_labels), pixels;
   int H = 0, W = 0;
@@ -45,6 +40,21 @@ TEST(FashionMnist, AllTestImagesMatchHuggingFace) {
     model->classify(pixels.data(), n, H, W, &logits[size_t(start) * num_labels]);
   }
   EXPECT_EQ(H, 56);
+  return logits;
+}
+
+int argmax10(const float* row) { return static_cast<int>(std::max_element(row, row + 10) - row); }
+
+TEST(FashionMnist, AllTestImagesMatchHuggingFace) {
+  ASSERT_TRUE(std::filesystem::exists(kDataset / "t10k-images-idx3-ubyte.gz"))
+      << "install Debian's dataset-fashion-mnist (scripts/install-deps.sh does)";
+  const auto model_dir = test::shared_dir() / "models" / "fashion-mnist-conv";
+  const auto expected = model_dir / "expected";
+  nlohmann::json manifest = nlohmann::json::parse(std::ifstream(expected / "manifest.json"));
+  std::vector<uint8_t> labels = read_idx_labels(kDataset / "t10k-labels-idx1-ubyte.gz");
+  ASSERT_EQ(labels.size(), 10000u);
+  const int num_labels = 10;
+  std::vector<float> logits = test_set_logits(ModelOptions{});
 
   NpyArray want_logits = read_npy(expected / "test_logits.npy");
   std::vector<int64_t> want_pred = read_npy(expected / "test_predictions.npy").to_i64();
@@ -54,8 +64,7 @@ TEST(FashionMnist, AllTestImagesMatchHuggingFace) {
   int correct = 0, identical = 0, flips_outside_near_ties = 0;
   const auto& near_ties = manifest["near_tie_test_indices_margin_below_1e-2"];
   for (int i = 0; i < 10000; ++i) {
-    const float* row = &logits[size_t(i) * num_labels];
-    int pred = static_cast<int>(std::max_element(row, row + num_labels) - row);
+    const int pred = argmax10(&logits[size_t(i) * num_labels]);
     correct += pred == labels[i];
     if (pred == want_pred[i])
       ++identical;
@@ -69,6 +78,35 @@ TEST(FashionMnist, AllTestImagesMatchHuggingFace) {
   EXPECT_GE(identical, 9990);  // >= 99.9 %
   EXPECT_EQ(flips_outside_near_ties, 0);
   EXPECT_GE(accuracy, want_accuracy - (10000 - identical) / 10000.0);
+}
+
+// bf16 (weights and GEMM inputs rounded to bf16, fp32 accumulation): top-1 agreement with HF's fp32
+// predictions over the 10,000 test images, and the largest logit deviation.
+TEST(FashionMnist, Bf16AgreesWithHuggingFaceFp32) {
+  ASSERT_TRUE(std::filesystem::exists(kDataset / "t10k-images-idx3-ubyte.gz"));
+  const auto expected = test::shared_dir() / "models" / "fashion-mnist-conv" / "expected";
+  ModelOptions options;
+  options.precision = Precision::bf16;
+  std::vector<float> logits;
+  try {
+    logits = test_set_logits(options);
+  } catch (const Error& e) {
+    GTEST_SKIP() << e.what();  // a CPU without AVX-512 has no bf16 mode
+  }
+  std::vector<float> want = read_npy(expected / "test_logits.npy").to_f32();
+  std::vector<int64_t> want_pred = read_npy(expected / "test_predictions.npy").to_i64();
+  int agree = 0;
+  double max_err = 0, scale = 1;
+  for (size_t i = 0; i < want.size(); ++i) {
+    max_err = std::max(max_err, double(std::abs(logits[i] - want[i])));
+    scale = std::max(scale, double(std::abs(want[i])));
+  }
+  for (int i = 0; i < 10000; ++i) agree += argmax10(&logits[size_t(i) * 10]) == want_pred[i];
+  std::printf(
+      "bf16: top-1 agreement with HF fp32 %d / 10000, max |logit error| %.4f (%.2f%% of max |logit|)\n",
+      agree, max_err, 100 * max_err / scale);
+  EXPECT_GE(agree, 9950);            // >= 99.5 %
+  EXPECT_LE(max_err, 0.05 * scale);  // the golden bf16 tests' bound
 }
 
 }  // namespace
