@@ -121,8 +121,8 @@ void AttentionFp32::run(const AttentionArgs& a, int threads) {
       const int q0 = int(qb) * kLanes, queries = std::min(kLanes, nq - q0);
       // Q^T panel; lanes past the last query are 0 (their scores are 0 and their outputs are dropped).
       for (int half = 0; half < kLanes / 16; ++half) {
-        const float* src = a.q + (b * nq + q0 + half * 16) * a.ldq + h * dqk;
-        const int rows = std::clamp(queries - half * 16, 0, 16);
+        const int rows = std::clamp(queries - half * 16, 0, 16);  // 0: the half is all padding (zeros)
+        const float* src = rows > 0 ? a.q + (b * nq + q0 + half * 16) * a.ldq + h * dqk : a.q;
         for (int d0 = 0; d0 < dqk; d0 += 16)
           transpose_block(src + d0, a.ldq, rows, std::min(16, dqk - d0), qt + size_t(d0) * kLanes + half * 16,
                           kLanes, 16);
