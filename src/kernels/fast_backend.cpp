@@ -92,15 +92,16 @@ struct Gemm {
 
 dt dtype_of(Precision p) { return p == Precision::bf16 ? dt::bf16 : dt::f32; }
 
-// A linear layer for oneDNN: one or more blocks of output columns ("parts"), each a GEMM with its own
-// weights, bias and cached primitives (per rows, strides, epilogue). Packed: one part, the weights re-laid
-// out once for the brgemm kernels. In place (fp32 from a mapped file): one part per stacked input block,
-// reading the caller's PyTorch-layout [rows, K] weights as the K x rows matrix with strides (1, K), oneDNN's
-// "ba"; on the model's shapes brgemm runs as fast on those as on packed weights (512x1024x{1024,3072}: within
-// 1%).
+// A linear layer for oneDNN: one GEMM, its weights either packed once into the layout brgemm wants, or read
+// in place (fp32 from a mapped file) as the caller's PyTorch-layout [N, K] matrix, i.e. K x N with strides
+// (1, K), oneDNN's "ba". On the model's shapes brgemm runs as fast on those as on packed weights
+// (512x1024x{1024,3072}: within 1%) as long as it writes dense output rows. Primitives are cached per (rows,
+// strides, epilogue).
 class FastLinear : public PackedLinear {
  public:
   Precision precision = Precision::fp32;
+  md weight_md;
+  dnnl::memory weights, bias;  // packed weights and the bias own their buffers; in-place weights do not
   struct Entry {
     int rows;
     long ldx, ldy;
@@ -108,13 +109,7 @@ class FastLinear : public PackedLinear {
     bool sum;
     std::unique_ptr<Gemm> gemm;
   };
-  struct Part {
-    int col = 0, cols = 0;  // output columns [col, col + cols)
-    md weight_md;
-    dnnl::memory weights, bias;  // packed weights and bias own their buffers; in-place weights do not
-    std::vector<Entry> cache;
-  };
-  std::vector<Part> parts;
+  std::vector<Entry> cache;
 };
 
 // Query rows per tile of the oneDNN attention (bf16, and fp32 without AVX-512): 256 ran the bf16 model 4%
@@ -204,21 +199,12 @@ class FastBackend final : public Backend {
     w->precision = precision;
     for (const auto& p : parts) w->out_features += p.rows;
     const int K = in_features, N = w->out_features;
-    in_place = in_place && precision == Precision::fp32 &&
-               std::all_of(parts.begin(), parts.end(), [](const LinearPart& p) {
-                 return reinterpret_cast<uintptr_t>(p.weight) % 4 == 0;
-               });
-    if (in_place) {
-      int col = 0;
-      for (const auto& p : parts) {
-        FastLinear::Part& part = w->parts.emplace_back();
-        part.col = col;
-        part.cols = p.rows;
-        part.weight_md = md({K, p.rows}, dt::f32, tag::ba);
-        part.weights = dnnl::memory(part.weight_md, engine_, const_cast<float*>(p.weight));
-        part.bias = make_bias(p.bias ? p.bias : nullptr, p.rows);
-        col += p.rows;
-      }
+    // In place: one part (a stack of parts is not contiguous in the file), fp32, float-aligned.
+    if (in_place && parts.size() == 1 && precision == Precision::fp32 &&
+        reinterpret_cast<uintptr_t>(parts[0].weight) % alignof(float) == 0) {
+      w->weight_md = md({K, N}, dt::f32, tag::ba);
+      w->weights = dnnl::memory(w->weight_md, engine_, const_cast<float*>(parts[0].weight));
+      w->bias = make_bias(parts[0].bias, N);
       w->reads_in_place = true;
       return w;
     }
@@ -247,14 +233,12 @@ class FastBackend final : public Backend {
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, engine_);
-    FastLinear::Part& part = w->parts.emplace_back();
-    part.cols = N;
-    part.weight_md = pd.weights_desc();
-    part.weights = dnnl::memory(part.weight_md, engine_);
+    w->weight_md = pd.weights_desc();
+    w->weights = dnnl::memory(w->weight_md, engine_);
     // PyTorch's [N, K] row-major weight is the K x N matrix W^T with strides (1, K): format "ba".
     dnnl::memory src(md({K, N}, dt::f32, tag::ba), engine_, const_cast<float*>(weight));
-    dnnl::reorder(src, part.weights).execute(streams_[0], src, part.weights);
-    part.bias = make_bias(any_bias ? bias.data() : nullptr, N);
+    dnnl::reorder(src, w->weights).execute(streams_[0], src, w->weights);
+    w->bias = make_bias(any_bias ? bias.data() : nullptr, N);
     streams_[0].wait();
     return w;
   }
@@ -288,10 +272,8 @@ class FastBackend final : public Backend {
     // GELU: oneDNN's gelu_erf post-op slowed the bf16 GEMM by half; our own pass over the output is cheaper.
     // (With a residual the GELU must come before the sum: keep the post-op chain then.)
     const bool own_gelu = act == Activation::gelu && !residual && fast::use_avx512();
-    for (auto& part : w.parts) {
-      Gemm& g = part_gemm(w, part, rows, lda, ldy, own_gelu ? Activation::none : act, residual != nullptr);
-      g.run(0, streams_[0], src, nullptr, y + part.col, gemm_scratch_.as<void>());
-    }
+    Gemm& g = linear_gemm(w, rows, lda, ldy, own_gelu ? Activation::none : act, residual != nullptr);
+    g.run(0, streams_[0], src, nullptr, y, gemm_scratch_.as<void>());
     if (own_gelu) {
 #pragma omp parallel for num_threads(threads_) schedule(static)
       for (int m = 0; m < rows; ++m) fast::gelu_inplace(y + m * ldy, N);
@@ -325,26 +307,25 @@ class FastBackend final : public Backend {
     return m;
   }
 
-  Gemm& part_gemm(FastLinear& w, FastLinear::Part& part, int rows, long lda, long ldy, Activation act,
-                  bool sum) {
-    for (auto& e : part.cache)
+  Gemm& linear_gemm(FastLinear& w, int rows, long lda, long ldy, Activation act, bool sum) {
+    for (auto& e : w.cache)
       if (e.rows == rows && e.ldx == lda && e.ldy == ldy && e.act == act && e.sum == sum) return *e.gemm;
     const dt adt = dtype_of(w.precision);
     md a({rows, w.in_features}, adt, dims{lda, 1});
-    md c({rows, part.cols}, dt::f32, dims{ldy, 1});
+    md c({rows, w.out_features}, dt::f32, dims{ldy, 1});
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     dnnl::post_ops po;
     if (act == Activation::gelu) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
     if (sum) po.append_sum(1.0f);
     attr.set_post_ops(po);
-    md bias_md = part.bias ? part.bias.get_desc() : md();
-    auto g = std::make_unique<Gemm>(engine_, a, part.weight_md, part.bias ? &bias_md : nullptr, c, attr, 1);
-    g->mem_b[0] = part.weights;
-    g->bias = part.bias;
+    md bias_md = w.bias ? w.bias.get_desc() : md();
+    auto g = std::make_unique<Gemm>(engine_, a, w.weight_md, w.bias ? &bias_md : nullptr, c, attr, 1);
+    g->mem_b[0] = w.weights;
+    g->bias = w.bias;
     gemm_scratch_.reserve(g->scratch_bytes());
-    part.cache.push_back({rows, lda, ldy, act, sum, std::move(g)});
-    return *part.cache.back().gemm;
+    w.cache.push_back({rows, lda, ldy, act, sum, std::move(g)});
+    return *w.cache.back().gemm;
   }
 
   AttentionPlan& attention_plan(const AttentionArgs& a);

@@ -61,7 +61,7 @@ class Backend {
   // The layer whose weight is the parts stacked by rows ([sum of rows, in_features]) and whose bias is theirs
   // stacked (a part without bias counts as zeros). in_place: the weights stay valid and unchanged as long as
   // the result lives (a mapped weights file), so the backend may read them where they are instead of copying
-  // (the fast backend does, in fp32). Biases are always copied.
+  // (the fast backend does for one fp32 part). Biases are always copied.
   virtual std::unique_ptr<PackedLinear> pack_linear(const std::vector<LinearPart>& parts, int in_features,
                                                     Precision precision, bool in_place) = 0;
   // Whether pack_linear(..., in_place = true) reads the weights in place at this precision.

@@ -44,8 +44,9 @@ struct Weight {
 // a file it makes up random weights of the requested shapes (Model::create_random).
 class WeightReader {
  public:
-  // release_pages: the file is memory-mapped (safetensors), so release() may drop a tensor's pages.
-  WeightReader(const TensorFile& file, bool release_pages) : file_(&file), release_pages_(release_pages) {}
+  // mapped: the file is memory-mapped (safetensors): F32 tensors are views into it (Weight::mapped), whose
+  // pages populate() maps up front and release() may drop.
+  WeightReader(const TensorFile& file, bool mapped) : file_(&file), mapped_(mapped) {}
   explicit WeightReader(uint64_t seed) : rng_state_(seed * 0x9e3779b97f4a7c15ull + 1) {}
 
   Weight get(const std::string& name, const std::vector<int64_t>& shape) {
@@ -77,8 +78,8 @@ class WeightReader {
                     file_->path().string() + ": tensor '" + name + "' has dtype I64, expected a float");
       w.ref = t;
       if (t->dtype == DType::f32) {  // zero-copy
-        if (release_pages_) populate(*t);
-        w.mapped = release_pages_;
+        if (mapped_) populate(*t);
+        w.mapped = mapped_;
         w.data = reinterpret_cast<const float*>(t->data);
         w.size = count(shape);
         return w;
@@ -167,7 +168,7 @@ class WeightReader {
   }
 
   const TensorFile* file_ = nullptr;
-  bool release_pages_ = false;
+  bool mapped_ = false;
   uint64_t rng_state_ = 0;
   std::set<std::string> used_;
   std::vector<std::string> missing_;
@@ -201,6 +202,10 @@ class PerceiverModel final : public Model {
   void check_input_size(int height, int width) const override;
   double flops_per_image(int height, int width) const override;
   void forward(const ForwardArgs& args) override;
+  // Keeps the mapped weights file alive when some layer reads its weights in place.
+  void keep_mapped_file(std::unique_ptr<TensorFile> file) {
+    if (info_.weights_in_place) mapped_file_ = std::move(file);
+  }
 
  private:
   // Geometry of the encoder input for an image size.
@@ -220,13 +225,6 @@ class PerceiverModel final : public Model {
   std::unique_ptr<PackedLinear> pack(WeightReader& reader, const std::vector<const Weight*>& weights,
                                      const std::vector<const Weight*>& biases, int in, Precision precision);
 
- public:
-  // Keeps the mapped weights file alive when some layer reads its weights in place.
-  void keep_mapped_file(std::unique_ptr<TensorFile> file) {
-    if (info_.weights_in_place) mapped_file_ = std::move(file);
-  }
-
- private:
   void prepare(int batch, int height, int width);
   void forward_pass(const ForwardArgs& args);  // forward() of at most images_per_pass_ images (or traced)
   void build_inputs(const ForwardArgs& args);  // pixels -> inputs_ [B, N, C]
