@@ -29,7 +29,8 @@ struct ModelOptions {
   // model lives. false: copy every weight into memory at load.
   bool mmap_weights = true;
   // forward() runs a batch through the network this many images at a time (bounded memory; on CPUs larger
-  // passes are not faster for these models). <= 0: one image per 8 threads, at least one.
+  // passes are not faster once GEMMs have a few hundred rows). <= 0: as many as fit in about 32 MB of
+  // activations (one for the ImageNet models, dozens for small ones), and at least one per 8 threads.
   int images_per_pass = 0;
 };
 

@@ -21,6 +21,9 @@
 namespace perceiver {
 namespace {
 
+// Default bound on the activations of one forward pass (see PerceiverModel::forward).
+constexpr size_t kPassActivationBytes = size_t(32) << 20;
+
 constexpr float kLayerNormEps = 1e-5f;  // nn.LayerNorm default; config.layer_norm_eps is never read by HF
 constexpr float kBatchNormEps = 1e-5f;
 
@@ -215,6 +218,14 @@ class PerceiverModel final : public Model {
     int tokens() const { return tokens_h * tokens_w; }
   };
   InputGeometry geometry(int height, int width) const;
+  // Floats of activations per image, by workspace buffer (prepare() allocates batch x these).
+  struct ActivationSizes {
+    size_t stem_out = 0, pixels_hwc = 0, inputs = 0, kv_norm = 0, keys = 0, values = 0, latents = 0,
+           decoder_x = 0, queries = 0, context = 0, qkv = 0, hidden = 0;
+    size_t floats() const;
+  };
+  ActivationSizes activation_sizes(int height, int width) const;
+  int auto_images_per_pass(int height, int width) const;
 
   void load_layer(WeightReader& reader, const std::string& prefix, const LayerShape& shape,
                   LayerWeights* layer);
@@ -226,7 +237,7 @@ class PerceiverModel final : public Model {
                                      const std::vector<const Weight*>& biases, int in, Precision precision);
 
   void prepare(int batch, int height, int width);
-  void forward_pass(const ForwardArgs& args);  // forward() of at most images_per_pass_ images (or traced)
+  void forward_pass(const ForwardArgs& args);  // forward() of one pass of images (or traced)
   void build_inputs(const ForwardArgs& args);  // pixels -> inputs_ [B, N, C]
   // x: [batch * nq, q_dim], updated in place. kv_raw: [batch * nk, kv_dim] for cross-attention, or nullptr.
   void run_layer(const LayerWeights& w, float* x, int batch, int nq, const float* kv_raw, int nk,
@@ -241,7 +252,6 @@ class PerceiverModel final : public Model {
   ModelInfo info_;
   ModelOptions options_;
   std::unique_ptr<Backend> backend_;
-  int images_per_pass_ = 1;  // see forward()
 
   // Preprocessor.
   std::unique_ptr<PackedLinear> conv_stem_;  // conv: [64, 3*7*7] (OIHW flattened)
@@ -286,8 +296,6 @@ PerceiverModel::PerceiverModel(PerceiverConfig config, WeightReader& reader, con
     throw Error(ErrorKind::usage, "unknown backend '" + options.backend + "' (auto, fast, reference)");
   if (options.backend == "fast" && backend_->name() == "reference")
     throw Error(ErrorKind::usage, "the fast backend is not available on this build or CPU");
-  const int threads = options.threads > 0 ? options.threads : omp_get_num_procs();
-  images_per_pass_ = options.images_per_pass > 0 ? options.images_per_pass : std::max(1, (threads + 7) / 8);
 
   const auto& c = config_;
   const int64_t L = c.num_latents, D = c.d_latents;
@@ -471,6 +479,45 @@ double PerceiverModel::flops_per_image(int height, int width) const {
   return 2 * macs;
 }
 
+PerceiverModel::ActivationSizes PerceiverModel::activation_sizes(int height, int width) const {
+  const InputGeometry geo = geometry(height, width);
+  const auto& c = config_;
+  const size_t N = geo.tokens(), C = c.input_channels, L = c.num_latents, D = c.d_latents;
+  const auto& ec = c.encoder_cross;
+  const auto& sa = c.self_attention;
+  const auto& dc = c.decoder_cross;
+  ActivationSizes s;
+  if (c.architecture == Architecture::conv)
+    s.stem_out = size_t(geo.stem_h) * geo.stem_w * kConvStemChannels;
+  else
+    s.pixels_hwc = size_t(height) * width * 3;
+  s.inputs = N * C;
+  s.kv_norm = std::max(N * C, L * D);
+  s.keys = std::max({N * ec.qk_channels, L * sa.qk_channels, L * dc.qk_channels});
+  s.values = std::max({N * ec.v_channels, L * sa.v_channels, L * dc.v_channels});
+  s.latents = L * D;
+  s.decoder_x = D;
+  s.queries = L * std::max({ec.qk_channels, sa.qk_channels, dc.qk_channels});
+  s.context = L * std::max({ec.v_channels, sa.v_channels, dc.v_channels});
+  s.qkv = L * (2 * sa.qk_channels + sa.v_channels);
+  s.hidden = L * std::max({ec.mlp_hidden, sa.mlp_hidden, dc.mlp_hidden});
+  return s;
+}
+
+size_t PerceiverModel::ActivationSizes::floats() const {
+  return stem_out + pixels_hwc + inputs + kv_norm + keys + values + 2 * latents + decoder_x + queries + context +
+         qkv + hidden;
+}
+
+int PerceiverModel::auto_images_per_pass(int height, int width) const {
+  // As many images as fit in kPassActivationBytes of activations: one for the ImageNet models (about 40 MB
+  // each), dozens for small ones, whose one-image GEMMs are too small to amortise a parallel region each.
+  const size_t per_image = sizeof(float) * activation_sizes(height, width).floats();
+  const int threads = options_.threads > 0 ? options_.threads : omp_get_num_procs();
+  const size_t by_memory = kPassActivationBytes / std::max<size_t>(per_image, 1);
+  return static_cast<int>(std::clamp<size_t>(by_memory, std::max(1, (threads + 7) / 8), 1024));
+}
+
 void PerceiverModel::prepare(int batch, int height, int width) {
   auto& w = ws_;
   // Planned for up to w.batch images of this size: a smaller batch (the last pass of a chunked forward) fits.
@@ -480,31 +527,27 @@ void PerceiverModel::prepare(int batch, int height, int width) {
   w.height = height;
   w.width = width;
   w.geo = geometry(height, width);
-  const size_t B = batch, N = w.geo.tokens(), C = c.input_channels, L = c.num_latents, D = c.d_latents;
+  const ActivationSizes s = activation_sizes(height, width);
+  const size_t B = batch;
   if (c.architecture != Architecture::learned) {
     const int res = c.architecture == Architecture::conv ? 56 : 224;  // HF's max_resolution per class
     w.fourier = fourier_position_encoding(w.geo.tokens_h, w.geo.tokens_w, res, res, kFourierBands);
   }
-  if (c.architecture == Architecture::conv) {
+  if (c.architecture == Architecture::conv)
     w.im2col.assign(size_t(stem_band_rows(w.geo.stem_w)) * w.geo.stem_w * 3 * 49, 0.0f);
-    w.stem_out.assign(B * w.geo.stem_h * w.geo.stem_w * kConvStemChannels, 0.0f);
-  } else {
-    w.pixels_hwc.assign(B * height * width * 3, 0.0f);
-  }
-  const auto& ec = c.encoder_cross;
-  const auto& sa = c.self_attention;
-  const auto& dc = c.decoder_cross;
-  w.inputs.assign(B * N * C, 0.0f);
-  w.kv_norm.assign(B * std::max(N * C, L * D), 0.0f);
-  w.keys.assign(B * std::max({N * ec.qk_channels, L * sa.qk_channels, L * dc.qk_channels}), 0.0f);
-  w.values.assign(B * std::max({N * ec.v_channels, L * sa.v_channels, L * dc.v_channels}), 0.0f);
-  w.x.assign(B * L * D, 0.0f);
-  w.x_norm.assign(B * L * D, 0.0f);
-  w.decoder_x.assign(B * D, 0.0f);
-  w.queries.assign(B * L * std::max({ec.qk_channels, sa.qk_channels, dc.qk_channels}), 0.0f);
-  w.context.assign(B * L * std::max({ec.v_channels, sa.v_channels, dc.v_channels}), 0.0f);
-  w.qkv.assign(B * L * (2 * sa.qk_channels + sa.v_channels), 0.0f);
-  w.hidden.assign(B * L * std::max({ec.mlp_hidden, sa.mlp_hidden, dc.mlp_hidden}), 0.0f);
+  w.stem_out.assign(B * s.stem_out, 0.0f);
+  w.pixels_hwc.assign(B * s.pixels_hwc, 0.0f);
+  w.inputs.assign(B * s.inputs, 0.0f);
+  w.kv_norm.assign(B * s.kv_norm, 0.0f);
+  w.keys.assign(B * s.keys, 0.0f);
+  w.values.assign(B * s.values, 0.0f);
+  w.x.assign(B * s.latents, 0.0f);
+  w.x_norm.assign(B * s.latents, 0.0f);
+  w.decoder_x.assign(B * s.decoder_x, 0.0f);
+  w.queries.assign(B * s.queries, 0.0f);
+  w.context.assign(B * s.context, 0.0f);
+  w.qkv.assign(B * s.qkv, 0.0f);
+  w.hidden.assign(B * s.hidden, 0.0f);
   w.probs.clear();
 }
 
@@ -687,11 +730,15 @@ void PerceiverModel::forward(const ForwardArgs& args) {
   if (!args.pixels) throw Error(ErrorKind::internal, "forward: no pixels");
   if (args.batch <= 0) throw Error(ErrorKind::bad_input, "forward: batch size must be positive");
   check_input_size(args.height, args.width);
-  // A batch goes through the network images_per_pass_ images at a time. On CPUs a bigger batch does not make
-  // the GEMMs faster (512 latent rows already keep them compute-bound) while the activations grow with it and
-  // spill out of the caches: on 2 cores, batch 1, 2 and 4 ran within 1% per image of each other and batch 8
-  // 2-3% slower, with twice the memory. A traced run keeps its batch (the trace has batch-shaped tensors).
-  const int per_pass = args.trace ? args.batch : images_per_pass_;
+  // A batch goes through the network a few images at a time (ModelOptions::images_per_pass; by default as
+  // many as fit in kPassActivationBytes). On CPUs a bigger pass does not make the GEMMs faster once they have
+  // a few hundred rows, while the activations grow with it and spill out of the caches: for the ImageNet
+  // model (512 latents) on 2 cores, passes of 1, 2 and 4 images ran within 1% per image of each other and 8
+  // 2-3% slower, with twice the memory. Small models (64 latents) need dozens of images per pass to
+  // amortise the parallel regions. A traced run keeps its batch (the trace has batch-shaped tensors).
+  const int per_pass = args.trace ? args.batch
+                       : options_.images_per_pass > 0 ? options_.images_per_pass
+                                                       : auto_images_per_pass(args.height, args.width);
   if (args.batch <= per_pass) return forward_pass(args);
   const size_t pixels = size_t(3) * args.height * args.width;
   const size_t L = config_.num_latents, D = config_.d_latents, labels = config_.num_labels();
