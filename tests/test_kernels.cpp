@@ -83,10 +83,18 @@ void run_linear(Backend& backend, const LinearCase& c, Precision precision, std:
 
 TEST_F(KernelTest, LinearMatchesReferenceOnOddShapes) {
   const LinearCase cases[] = {
-      {1, 3, 5, true, Activation::none, 0, 0},       {7, 147, 64, false, Activation::none, 0, 0},
-      {33, 322, 1000, true, Activation::gelu, 0, 0}, {130, 257, 300, true, Activation::none, 1, 0},
-      {65, 100, 77, true, Activation::gelu, 2, 0},   {19, 64, 48, true, Activation::none, 1, 5},
-      {512, 128, 384, true, Activation::none, 0, 3}, {3, 1024, 1024, true, Activation::gelu, 1, 0},
+      {1, 3, 5, true, Activation::none, 0, 0},
+      {7, 147, 64, false, Activation::none, 0, 0},
+      {33, 322, 1000, true, Activation::gelu, 0, 0},
+      {130, 257, 300, true, Activation::none, 1, 0},
+      {65, 100, 77, true, Activation::gelu, 2, 0},
+      {19, 64, 48, true, Activation::none, 1, 5},
+      {512, 128, 384, true, Activation::none, 0, 3},
+      {3, 1024, 1024, true, Activation::gelu, 1, 0},
+      // fp32 GEMM on AVX-512: 3 k-blocks, 17 panels (two panel blocks on one thread), 2 row tails.
+      {200, 1100, 1040, true, Activation::none, 1, 2},
+      {13, 40, 3000, false, Activation::gelu, 0, 1},
+      {100, 1536, 16, true, Activation::gelu, 0, 0},
   };
   for (const auto& c : cases)
     for (Precision p : {Precision::fp32, Precision::bf16}) {
@@ -98,6 +106,39 @@ TEST_F(KernelTest, LinearMatchesReferenceOnOddShapes) {
       run_linear(*ref_, c, p, &want);
       EXPECT_TRUE(test::AllCloseScaled(got, want, p == Precision::fp32 ? kFp32Tolerance : kBf16Tolerance));
     }
+}
+
+// A layer stacked from parts (as the fused Q/K/V projection is): part sizes that split the 16-row packing
+// groups, one part without bias, against the reference on the same parts and against one-part layers.
+TEST_F(KernelTest, StackedPartsMatchReference) {
+  const int K = 70, rows = 23;
+  const int part_rows[] = {5, 16, 27};
+  std::vector<std::vector<float>> w, b;
+  for (int i = 0; i < 3; ++i) {
+    w.push_back(random_vector(size_t(part_rows[i]) * K, 10 + i, -0.3f, 0.3f));
+    b.push_back(random_vector(part_rows[i], 20 + i));
+  }
+  const std::vector<LinearPart> parts{
+      {w[0].data(), b[0].data(), 5}, {w[1].data(), nullptr, 16}, {w[2].data(), b[2].data(), 27}};
+  const int N = 48;
+  auto x = random_vector(size_t(rows) * K, 30, -2.0f, 2.0f);
+  for (Precision p : {Precision::fp32, Precision::bf16}) {
+    SCOPED_TRACE(precision_name(p));
+    std::vector<float> got(size_t(rows) * N), want(size_t(rows) * N);
+    fast_->linear(*fast_->pack_linear(parts, K, p, false), x.data(), K, rows, got.data(), N, Activation::none,
+                  nullptr);
+    ref_->linear(*ref_->pack_linear(parts, K, p, false), x.data(), K, rows, want.data(), N, Activation::none,
+                 nullptr);
+    EXPECT_TRUE(test::AllCloseScaled(got, want, p == Precision::fp32 ? kFp32Tolerance : kBf16Tolerance));
+    // Part 1 alone (no bias) gives the same columns as the stack.
+    std::vector<float> alone(size_t(rows) * 16);
+    ref_->linear(*ref_->pack_linear(w[1].data(), nullptr, 16, K, p), x.data(), K, rows, alone.data(), 16,
+                 Activation::none, nullptr);
+    std::vector<float> cols;
+    for (int m = 0; m < rows; ++m)
+      for (int n = 5; n < 21; ++n) cols.push_back(got[size_t(m) * N + n]);
+    EXPECT_TRUE(test::AllCloseScaled(cols, alone, p == Precision::fp32 ? kFp32Tolerance : kBf16Tolerance));
+  }
 }
 
 TEST_F(KernelTest, Bf16LinearStaysCloseToFp32) {

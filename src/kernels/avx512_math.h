@@ -29,4 +29,25 @@ PCV_AVX512 inline __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(p, k);
 }
 
+// GELU(x) = 0.5 x (1 + erf(x / sqrt 2)), erf(x) = 1 - t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) exp(-x^2),
+// t = 1 / (1 + p |x|), sign restored (Abramowitz & Stegun 7.1.26: |error| <= 1.5e-7).
+PCV_AVX512 inline __m512 gelu512(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f), sign_bit = _mm512_set1_ps(-0.0f);
+  const __m512 z = _mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f));
+  const __m512 az = _mm512_andnot_ps(sign_bit, z);
+  // t = 1 / d by vrcp14ps and one Newton step (relative error ~1e-8; vdivps would dominate the loop)
+  const __m512 d = _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), az, one);
+  __m512 t = _mm512_rcp14_ps(d);
+  t = _mm512_mul_ps(t, _mm512_fnmadd_ps(d, t, _mm512_set1_ps(2.0f)));
+  __m512 poly = _mm512_fmadd_ps(_mm512_set1_ps(1.061405429f), t, _mm512_set1_ps(-1.453152027f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(1.421413741f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-0.284496736f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.254829592f));
+  poly = _mm512_mul_ps(poly, t);
+  const __m512 e = exp512(_mm512_mul_ps(_mm512_xor_ps(az, sign_bit), az));  // exp(-z^2)
+  const __m512 erf_abs = _mm512_fnmadd_ps(poly, e, one);
+  const __m512 erf = _mm512_or_ps(erf_abs, _mm512_and_ps(z, sign_bit));
+  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, erf));
+}
+
 }  // namespace perceiver::fast::avx512

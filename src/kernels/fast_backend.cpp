@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "kernels/fast_attention.h"
+#include "kernels/fast_gemm.h"
 #include "kernels/fast_kernels.h"
 #include "kernels/kernels.h"
 #include "kernels/scratch.h"
@@ -102,6 +103,7 @@ class FastLinear : public PackedLinear {
   Precision precision = Precision::fp32;
   md weight_md;
   dnnl::memory weights, bias;  // packed weights and the bias own their buffers; in-place weights do not
+  std::unique_ptr<fast::GemmWeights> own;  // fp32 on AVX-512: our GEMM (fast_gemm.h) instead of oneDNN
   struct Entry {
     int rows;
     long ldx, ldy;
@@ -185,7 +187,10 @@ class FastBackend final : public Backend {
 
   std::string name() const override { return "fast"; }
 
-  bool reads_in_place(Precision precision) const override { return precision == Precision::fp32; }
+  // fp32 on AVX-512 runs our own GEMM, which wants its packed layout; elsewhere oneDNN reads fp32 in place.
+  bool reads_in_place(Precision precision) const override {
+    return precision == Precision::fp32 && !fast::use_avx512();
+  }
 
   using Backend::pack_linear;
   std::unique_ptr<PackedLinear> pack_linear(const std::vector<LinearPart>& parts, int in_features,
@@ -199,6 +204,17 @@ class FastBackend final : public Backend {
     w->precision = precision;
     for (const auto& p : parts) w->out_features += p.rows;
     const int K = in_features, N = w->out_features;
+    if (precision == Precision::fp32 && fast::use_avx512()) {
+      std::vector<const float*> weights, biases;
+      std::vector<int> rows;
+      for (const auto& p : parts) {
+        weights.push_back(p.weight);
+        biases.push_back(p.bias);
+        rows.push_back(p.rows);
+      }
+      w->own = std::make_unique<fast::GemmWeights>(weights, rows, biases, K, threads_);
+      return w;
+    }
     // In place: one part (a stack of parts is not contiguous in the file), fp32, float-aligned.
     if (in_place && parts.size() == 1 && precision == Precision::fp32 &&
         reinterpret_cast<uintptr_t>(parts[0].weight) % alignof(float) == 0) {
@@ -255,6 +271,10 @@ class FastBackend final : public Backend {
                    "linear " + std::to_string(rows) + "x" + std::to_string(K) + "x" + std::to_string(N) +
                        (act == Activation::gelu ? " gelu" : "") + (residual ? " +res" : ""),
                    2.0 * rows * K * N);
+    if (w.own) {
+      own_linear(w, x, ldx, rows, y, ldy, act, residual);
+      return;
+    }
     if (residual && residual != y) {  // y = ... + residual: copy it into y, then a sum post-op
 #pragma omp parallel for num_threads(threads_) schedule(static)
       for (int m = 0; m < rows; ++m) std::memcpy(y + m * ldy, residual + m * ldy, sizeof(float) * N);
@@ -329,6 +349,26 @@ class FastBackend final : public Backend {
   }
 
   AttentionPlan& attention_plan(const AttentionArgs& a);
+
+  // linear() on our fp32 GEMM: bias, GELU and the residual sum in the GEMM's tiles.
+  void own_linear(const FastLinear& w, const float* x, long ldx, int rows, float* y, long ldy, Activation act,
+                  const float* residual) {
+    const int N = w.out_features;
+    if (act == Activation::gelu && residual) {  // y = residual + gelu(x W^T + b): GELU before the sum
+      gemm_scratch_.reserve(sizeof(float) * size_t(rows) * N);
+      float* t = gemm_scratch_.as<float>();
+      fast::gemm_f32(*w.own, x, ldx, rows, t, N, false, true, threads_);
+#pragma omp parallel for num_threads(threads_) schedule(static)
+      for (int m = 0; m < rows; ++m)
+        for (int n = 0; n < N; ++n) y[m * ldy + n] = residual[m * ldy + n] + t[size_t(m) * N + n];
+      return;
+    }
+    if (residual && residual != y) {
+#pragma omp parallel for num_threads(threads_) schedule(static)
+      for (int m = 0; m < rows; ++m) std::memcpy(y + m * ldy, residual + m * ldy, sizeof(float) * N);
+    }
+    fast::gemm_f32(*w.own, x, ldx, rows, y, ldy, residual != nullptr, act == Activation::gelu, threads_);
+  }
 
   Profile profile_;
   int threads_;

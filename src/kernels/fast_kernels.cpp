@@ -153,37 +153,13 @@ PCV_AVX512 void scale_add(const float* x, int n, float a, float* y) {
 
 PCV_AVX512 void scale_inplace(float* y, int n, float a) { scale_copy(y, n, a, y); }
 
-// erf(x) = 1 - t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) exp(-x^2), t = 1 / (1 + p |x|), sign restored
-// (Abramowitz & Stegun 7.1.26: |error| <= 1.5e-7). GELU(x) = 0.5 x (1 + erf(x / sqrt 2)).
+// GELU by avx512::gelu512 (avx512_math.h).
 PCV_AVX512 void gelu_inplace(float* y, int n) {
-  const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
-  const __m512 inv_sqrt2 = _mm512_set1_ps(0.70710678118654752f), p = _mm512_set1_ps(0.3275911f);
-  const __m512 a1 = _mm512_set1_ps(0.254829592f), a2 = _mm512_set1_ps(-0.284496736f),
-               a3 = _mm512_set1_ps(1.421413741f), a4 = _mm512_set1_ps(-1.453152027f),
-               a5 = _mm512_set1_ps(1.061405429f);
-  const __m512 sign_bit = _mm512_set1_ps(-0.0f);
-  auto gelu = [&](__m512 x) PCV_AVX512 {
-    const __m512 z = _mm512_mul_ps(x, inv_sqrt2);
-    const __m512 az = _mm512_andnot_ps(sign_bit, z);
-    // t = 1 / d by vrcp14ps and one Newton step (relative error ~1e-8; vdivps would dominate the loop)
-    const __m512 d = _mm512_fmadd_ps(p, az, one);
-    __m512 t = _mm512_rcp14_ps(d);
-    t = _mm512_mul_ps(t, _mm512_fnmadd_ps(d, t, _mm512_set1_ps(2.0f)));
-    __m512 poly = _mm512_fmadd_ps(a5, t, a4);
-    poly = _mm512_fmadd_ps(poly, t, a3);
-    poly = _mm512_fmadd_ps(poly, t, a2);
-    poly = _mm512_fmadd_ps(poly, t, a1);
-    poly = _mm512_mul_ps(poly, t);
-    const __m512 e = exp512(_mm512_mul_ps(_mm512_xor_ps(az, sign_bit), az));  // exp(-z^2)
-    const __m512 erf_abs = _mm512_fnmadd_ps(poly, e, one);
-    const __m512 erf = _mm512_or_ps(erf_abs, _mm512_and_ps(z, sign_bit));
-    return _mm512_mul_ps(_mm512_mul_ps(half, x), _mm512_add_ps(one, erf));
-  };
   int j = 0;
-  for (; j + 16 <= n; j += 16) _mm512_storeu_ps(y + j, gelu(_mm512_loadu_ps(y + j)));
+  for (; j + 16 <= n; j += 16) _mm512_storeu_ps(y + j, gelu512(_mm512_loadu_ps(y + j)));
   if (j < n) {
     const __mmask16 m = tail_mask(n - j);
-    _mm512_mask_storeu_ps(y + j, m, gelu(_mm512_maskz_loadu_ps(m, y + j)));
+    _mm512_mask_storeu_ps(y + j, m, gelu512(_mm512_maskz_loadu_ps(m, y + j)));
   }
 }
 

@@ -505,8 +505,8 @@ PerceiverModel::ActivationSizes PerceiverModel::activation_sizes(int height, int
 }
 
 size_t PerceiverModel::ActivationSizes::floats() const {
-  return stem_out + pixels_hwc + inputs + kv_norm + keys + values + 2 * latents + decoder_x + queries + context +
-         qkv + hidden;
+  return stem_out + pixels_hwc + inputs + kv_norm + keys + values + 2 * latents + decoder_x + queries +
+         context + qkv + hidden;
 }
 
 int PerceiverModel::auto_images_per_pass(int height, int width) const {
@@ -736,9 +736,9 @@ void PerceiverModel::forward(const ForwardArgs& args) {
   // model (512 latents) on 2 cores, passes of 1, 2 and 4 images ran within 1% per image of each other and 8
   // 2-3% slower, with twice the memory. Small models (64 latents) need dozens of images per pass to
   // amortise the parallel regions. A traced run keeps its batch (the trace has batch-shaped tensors).
-  const int per_pass = args.trace ? args.batch
+  const int per_pass = args.trace                     ? args.batch
                        : options_.images_per_pass > 0 ? options_.images_per_pass
-                                                       : auto_images_per_pass(args.height, args.width);
+                                                      : auto_images_per_pass(args.height, args.width);
   if (args.batch <= per_pass) return forward_pass(args);
   const size_t pixels = size_t(3) * args.height * args.width;
   const size_t L = config_.num_latents, D = config_.d_latents, labels = config_.num_labels();

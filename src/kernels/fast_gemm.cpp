@@ -1,0 +1,198 @@
+// AVX-512 fp32 GEMM (see fast_gemm.h). Register tile: 6 rows x 64 columns (24 zmm accumulators, 4 zmm of W,
+// one broadcast of x). Blocking: per thread a range of 64-column panels (or of row strips when there are
+// fewer panels than threads); k in blocks of up to 512, so that a panel block of W (512 x 64 floats, 128 KB)
+// streams from L2 while the 6 x 512 strip of x stays in L1.
+#include "kernels/fast_gemm.h"
+
+// GCC 12's AVX-512 headers trip -Wuninitialized on their own _mm512_undefined_*() (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/avx512_math.h"
+#include "kernels/avx512_tile.h"
+#include "perceiver/error.h"
+
+namespace perceiver::fast {
+namespace {
+
+constexpr int kRows = 6;  // rows of the register tile
+constexpr int kPanel = GemmWeights::kPanel;
+
+// C[R, 16 NV] = (first ? init : C) + A[R, kc] B[kc, 16 NV]; A rows lda apart, B a packed panel (row stride
+// 16 NV), C rows ldc apart. init = bias (if any) + C (if accumulate). gelu: GELU before the store (on the
+// last k-block only). The last vector column stores only `last` lanes (1..16).
+template <int R, int NV>
+PCV_AVX512 inline void tile(const float* a, long lda, const float* b, int kc, float* c, long ldc, bool first,
+                            const float* bias, bool accumulate, bool gelu, int last) {
+  const __mmask16 tail = avx512::tail_mask(last);
+  auto mask = [&](int j) { return j == NV - 1 ? tail : __mmask16(0xffff); };
+  __m512 acc[R][NV];
+  for (int j = 0; j < NV; ++j) {
+    const __m512 init = first && bias ? _mm512_loadu_ps(bias + 16 * j) : _mm512_setzero_ps();
+    for (int i = 0; i < R; ++i)
+      acc[i][j] = !first || accumulate
+                      ? _mm512_add_ps(init, _mm512_maskz_loadu_ps(mask(j), c + i * ldc + 16 * j))
+                      : init;
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < kc; ++k) {
+    __m512 bv[NV];
+    for (int j = 0; j < NV; ++j) bv[j] = _mm512_load_ps(b + 16 * NV * k + 16 * j);
+    for (int i = 0; i < R; ++i) {
+      const __m512 av = _mm512_set1_ps(a[i * lda + k]);
+      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
+    }
+  }
+  if (gelu)
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < NV; ++j) acc[i][j] = avx512::gelu512(acc[i][j]);
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < NV; ++j) _mm512_mask_storeu_ps(c + i * ldc + 16 * j, mask(j), acc[i][j]);
+}
+
+// The partial tiles: R < 6 rows (the last strip) and/or NV < 4 vectors (the last panel).
+template <int R>
+PCV_AVX512 void tile_nv(int nv, const float* a, long lda, const float* b, int kc, float* c, long ldc,
+                        bool first, const float* bias, bool accumulate, bool gelu, int last) {
+  switch (nv) {
+    case 1:
+      return tile<R, 1>(a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+    case 2:
+      return tile<R, 2>(a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+    case 3:
+      return tile<R, 3>(a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+    default:
+      return tile<R, 4>(a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+  }
+}
+
+PCV_AVX512 void any_tile(int rows, int nv, const float* a, long lda, const float* b, int kc, float* c,
+                         long ldc, bool first, const float* bias, bool accumulate, bool gelu, int last) {
+  switch (rows) {
+    case 1:
+      return tile_nv<1>(nv, a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+    case 2:
+      return tile_nv<2>(nv, a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+    case 3:
+      return tile_nv<3>(nv, a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+    case 4:
+      return tile_nv<4>(nv, a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+    case 5:
+      return tile_nv<5>(nv, a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+    default:
+      return tile_nv<6>(nv, a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+  }
+}
+
+// Rows [m0, m1) x panels [p0, p1) of y, all of k: kPanelsPerBlock panels at a time, so that the block of W
+// in use (512 x 512 floats, 1 MB) stays in L2 while the row strips pass over it.
+constexpr int kPanelsPerBlock = 8;
+
+PCV_AVX512 void gemm_block(const GemmWeights& w, const float* x, long ldx, int m0, int m1, int p0, int p1,
+                           float* y, long ldy, bool accumulate, bool gelu) {
+  const int N = w.n();
+  for (int pb = p0; pb < p1; pb += kPanelsPerBlock) {
+    const int pe = std::min(p1, pb + kPanelsPerBlock);
+    for (int kb = 0; kb < w.k_blocks(); ++kb) {
+      const int k0 = w.k_begin(kb), kc = w.k_begin(kb + 1) - k0;
+      const bool first = kb == 0, gelu_now = gelu && kb + 1 == w.k_blocks();
+      for (int m = m0; m < m1; m += kRows) {
+        const int rows = std::min(kRows, m1 - m);
+        const float* a = x + size_t(m) * ldx + k0;
+        for (int p = pb; p < pe; ++p) {
+          const int n0 = p * kPanel, width = std::min(kPanel, N - n0);
+          const int nv = (width + 15) / 16, last = width - 16 * (nv - 1);
+          const float* bias = w.bias() ? w.bias() + n0 : nullptr;
+          float* c = y + size_t(m) * ldy + n0;
+          if (rows == kRows && nv == 4 && last == 16)
+            tile<kRows, 4>(a, ldx, w.panel(kb, p), kc, c, ldy, first, bias, accumulate, gelu_now, 16);
+          else
+            any_tile(rows, nv, a, ldx, w.panel(kb, p), kc, c, ldy, first, bias, accumulate, gelu_now, last);
+        }
+      }
+    }
+  }
+}
+
+// Packs rows src[0..15] of W (nullptr: padding) into 16 columns of a panel: dst[kk * width + j] =
+// src[j][k0 + kk], kk < kc. Rows that follow each other in memory go through 16 x 16 register transposes.
+PCV_AVX512 void pack_group(const float* const* src, int k, int k0, int kc, float* dst, int width) {
+  int rows = 0;
+  while (rows < 16 && src[rows] && src[rows] == src[0] + size_t(rows) * k) ++rows;
+  const bool contiguous = rows > 0 && std::all_of(src + rows, src + 16, [](const float* r) { return !r; });
+  if (contiguous) {
+    for (int kk = 0; kk < kc; kk += 16)
+      avx512::transpose_block(src[0] + k0 + kk, k, rows, std::min(16, kc - kk), dst + size_t(kk) * width,
+                              width, 16);
+    return;
+  }
+  for (int kk = 0; kk < kc; ++kk)
+    for (int j = 0; j < 16; ++j) dst[size_t(kk) * width + j] = src[j] ? src[j][k0 + kk] : 0.0f;
+}
+
+}  // namespace
+
+GemmWeights::GemmWeights(const std::vector<const float*>& parts, const std::vector<int>& part_rows,
+                         const std::vector<const float*>& biases, int k, int threads)
+    : k_(k) {
+  if (parts.size() != part_rows.size() || parts.size() != biases.size() || k <= 0)
+    throw Error(ErrorKind::internal, "GemmWeights: inconsistent parts");
+  for (int r : part_rows) n_ += r;
+  n_pad_ = (n_ + 15) / 16 * 16;
+  const int blocks = (k + kGemmKc - 1) / kGemmKc;
+  for (int b = 0; b <= blocks; ++b) k_begin_.push_back(int(int64_t(k) * b / blocks));
+  // Row n of the stacked W, or nullptr past N (padding).
+  std::vector<const float*> row(n_pad_, nullptr);
+  std::vector<const float*> bias_of(n_pad_, nullptr);
+  for (size_t i = 0, n = 0; i < parts.size(); ++i)
+    for (int r = 0; r < part_rows[i]; ++r, ++n) {
+      row[n] = parts[i] + size_t(r) * k;
+      bias_of[n] = biases[i] ? biases[i] + r : nullptr;
+    }
+  data_.reserve(sizeof(float) * size_t(k) * n_pad_);
+  float* out = data_.as<float>();
+  // 16 rows of W at a time (16 sequential read streams) into [k][16] columns of their panel.
+#pragma omp parallel for num_threads(std::max(1, threads)) schedule(static)
+  for (int g = 0; g < n_pad_ / 16; ++g) {
+    const int p = g * 16 / kPanel, width = std::min(kPanel, n_pad_ - p * kPanel), col = g * 16 - p * kPanel;
+    const float* const* src = &row[size_t(g) * 16];
+    for (int kb = 0; kb < k_blocks(); ++kb) {
+      const int k0 = k_begin_[kb], kc = k_begin_[kb + 1] - k0;
+      float* dst = out + size_t(k0) * n_pad_ + size_t(kc) * kPanel * p + col;
+      pack_group(src, k, k0, kc, dst, width);
+    }
+  }
+  has_bias_ = std::any_of(biases.begin(), biases.end(), [](const float* b) { return b != nullptr; });
+  if (has_bias_) {
+    bias_.reserve(sizeof(float) * n_pad_);
+    for (int n = 0; n < n_pad_; ++n) bias_.as<float>()[n] = bias_of[n] ? *bias_of[n] : 0.0f;
+  }
+}
+
+void gemm_f32(const GemmWeights& w, const float* x, long ldx, int rows, float* y, long ldy, bool accumulate,
+              bool gelu, int threads) {
+  if (gelu && accumulate) throw Error(ErrorKind::internal, "gemm_f32: GELU applies before a residual sum");
+  if (rows <= 0) return;
+  const int panels = (w.n() + kPanel - 1) / kPanel;
+  const int strips = (rows + kRows - 1) / kRows;
+  const int T = std::max(1, std::min(threads, std::max(panels, strips)));
+#pragma omp parallel num_threads(T)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    if (panels >= nt) {  // split the columns
+      gemm_block(w, x, ldx, 0, rows, panels * t / nt, panels * (t + 1) / nt, y, ldy, accumulate, gelu);
+    } else {  // split the rows, in whole strips
+      const int m0 = std::min(rows, strips * t / nt * kRows),
+                m1 = std::min(rows, strips * (t + 1) / nt * kRows);
+      gemm_block(w, x, ldx, m0, m1, 0, panels, y, ldy, accumulate, gelu);
+    }
+  }
+}
+
+}  // namespace perceiver::fast
