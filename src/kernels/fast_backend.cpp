@@ -1,5 +1,6 @@
-// The fast backend: oneDNN matmul for every GEMM (weights packed once at load into the layout oneDNN's brgemm
-// kernels want, primitives created once per shape and cached); fused attention, in fp32 on AVX-512 CPUs by
+// The fast backend: fp32 linear layers on our AVX-512 GEMM (fast_gemm.h) where the CPU has AVX-512; every
+// other GEMM on oneDNN matmul (weights packed once at load into the layout oneDNN's brgemm kernels want, or
+// fp32 read in place, primitives created once per shape and cached); fused attention, in fp32 on AVX-512 CPUs by
 // the hand-written kernel of fast_attention.cpp, otherwise (bf16, or no AVX-512) in oneDNN GEMM tiles with an
 // online softmax; one-pass vectorised LayerNorm and GELU. One thread pool: oneDNN (Debian's build) threads
 // with OpenMP, and so do the loops here, with the same thread count.

@@ -1,0 +1,114 @@
+// bench_gemm: y = x W^T on one linear-layer shape, our AVX-512 fp32 GEMM (src/kernels/fast_gemm.h) against
+// oneDNN's f32 matmul with W read in place (PyTorch layout, "ba") and with W packed by oneDNN ("any"), the
+// three interleaved call by call so that the noise of a shared machine hits them alike. Prints min/median
+// GFLOP/s of each and the ratios, and the largest difference between the outputs.
+//   bench_gemm [--rows 512] [--in 1024] [--out 1024] [--threads 2] [--reps 60]
+#include <omp.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <dnnl.hpp>
+#include <vector>
+
+#include "kernels/fast_gemm.h"
+#include "kernels/fast_kernels.h"
+
+namespace {
+
+double seconds_now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+struct Timing {
+  std::vector<double> s;
+  double min() const { return *std::min_element(s.begin(), s.end()); }
+  double median() const {
+    std::vector<double> v = s;
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    return v[v.size() / 2];
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int rows = 512, in = 1024, out = 1024, threads = 2, reps = 60;
+  CLI::App app{"Our fp32 GEMM against oneDNN on one linear-layer shape, interleaved"};
+  app.add_option("--rows", rows, "M (rows of x)")->check(CLI::Range(1, 1 << 16));
+  app.add_option("--in", in, "K (in features)")->check(CLI::Range(1, 1 << 16));
+  app.add_option("--out", out, "N (out features)")->check(CLI::Range(1, 1 << 16));
+  app.add_option("--threads", threads, "threads")->check(CLI::Range(1, 1024));
+  app.add_option("--reps", reps, "timed calls of each")->check(CLI::Range(1, 100000));
+  CLI11_PARSE(app, argc, argv);
+  if (!perceiver::fast::use_avx512()) {
+    std::fprintf(stderr, "bench_gemm: this CPU has no AVX-512; our GEMM does not run here\n");
+    return 2;
+  }
+  omp_set_num_threads(threads);
+  std::vector<float> x(size_t(rows) * in), w(size_t(out) * in), y_ours(size_t(rows) * out),
+      y_inplace(y_ours.size()), y_packed(y_ours.size());
+  uint32_t s = 12345;
+  auto uniform = [&] {
+    s ^= s << 13;
+    s ^= s >> 17;
+    s ^= s << 5;
+    return float(s >> 8) / 16777216.0f - 0.5f;
+  };
+  for (auto& v : x) v = uniform();
+  for (auto& v : w) v = uniform();
+
+  perceiver::fast::GemmWeights packed({w.data()}, {out}, {nullptr}, in, threads);
+
+  using namespace dnnl;
+  engine eng(engine::kind::cpu, 0);
+  stream st(eng);
+  const memory::desc a_md({rows, in}, memory::data_type::f32, memory::format_tag::ab);
+  const memory::desc c_md({rows, out}, memory::data_type::f32, memory::format_tag::ab);
+  const memory::desc w_ba({in, out}, memory::data_type::f32, memory::format_tag::ba);
+  const memory::desc w_any({in, out}, memory::data_type::f32, memory::format_tag::any);
+  matmul::primitive_desc pd_inplace(matmul::desc(a_md, w_ba, c_md), eng);
+  matmul::primitive_desc pd_packed(matmul::desc(a_md, w_any, c_md), eng);
+  matmul mm_inplace(pd_inplace), mm_packed(pd_packed);
+  memory xm(a_md, eng, x.data()), wm(w_ba, eng, w.data()), wp(pd_packed.weights_desc(), eng);
+  reorder(wm, wp).execute(st, wm, wp);
+  memory y1(c_md, eng, y_inplace.data()), y2(c_md, eng, y_packed.data());
+  st.wait();
+
+  Timing ours, inplace, onednn_packed;
+  for (int r = -3; r < reps; ++r) {  // 3 warm-up rounds
+    double t0 = seconds_now();
+    perceiver::fast::gemm_f32(packed, x.data(), in, rows, y_ours.data(), out, false, false, threads);
+    double t1 = seconds_now();
+    mm_inplace.execute(st, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, y1}});
+    st.wait();
+    double t2 = seconds_now();
+    mm_packed.execute(st, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wp}, {DNNL_ARG_DST, y2}});
+    st.wait();
+    double t3 = seconds_now();
+    if (r < 0) continue;
+    ours.s.push_back(t1 - t0);
+    inplace.s.push_back(t2 - t1);
+    onednn_packed.s.push_back(t3 - t2);
+  }
+  double diff = 0, scale = 1;
+  for (size_t i = 0; i < y_ours.size(); ++i) {
+    diff = std::max({diff, double(std::abs(y_ours[i] - y_inplace[i])), double(std::abs(y_ours[i] - y_packed[i]))});
+    scale = std::max(scale, double(std::abs(y_packed[i])));
+  }
+  const double gflop = 2.0 * rows * in * out * 1e-9;
+  std::printf("shape %dx%dx%d, %d threads, %d interleaved calls each\n", rows, in, out, threads, reps);
+  std::printf("%-28s %10s %10s\n", "GEMM", "min GF/s", "med GF/s");
+  auto row = [&](const char* name, const Timing& t) {
+    std::printf("%-28s %10.1f %10.1f\n", name, gflop / t.min(), gflop / t.median());
+  };
+  row("ours (AVX-512, packed W)", ours);
+  row("oneDNN, W in place (ba)", inplace);
+  row("oneDNN, W packed (any)", onednn_packed);
+  std::printf("median speed-up: %.3fx vs oneDNN in place, %.3fx vs oneDNN packed\n",
+              inplace.median() / ours.median(), onednn_packed.median() / ours.median());
+  std::printf("max |difference| between outputs: %.3g (%.2g of max|y|)\n", diff, diff / scale);
+  return diff / scale < 1e-5 ? 0 : 1;
+}
