@@ -1,8 +1,8 @@
 // The fast backend: fp32 linear layers on our AVX-512 GEMM (fast_gemm.h) where the CPU has AVX-512; every
 // other GEMM on oneDNN matmul (weights packed once at load into the layout oneDNN's brgemm kernels want, or
-// fp32 read in place, primitives created once per shape and cached); fused attention, in fp32 on AVX-512 CPUs by
-// the hand-written kernel of fast_attention.cpp, otherwise (bf16, or no AVX-512) in oneDNN GEMM tiles with an
-// online softmax; one-pass vectorised LayerNorm and GELU. One thread pool: oneDNN (Debian's build) threads
+// fp32 read in place, primitives created once per shape and cached); fused attention, in fp32 on AVX-512 CPUs
+// by the hand-written kernel of fast_attention.cpp, otherwise (bf16, or no AVX-512) in oneDNN GEMM tiles with
+// an online softmax; one-pass vectorised LayerNorm and GELU. One thread pool: oneDNN (Debian's build) threads
 // with OpenMP, and so do the loops here, with the same thread count.
 //
 // Run-time dispatch: oneDNN picks its own ISA (avx2, avx512_core, avx512_core_bf16, avx512_core_amx) at run
@@ -272,13 +272,13 @@ class FastBackend final : public Backend {
                    "linear " + std::to_string(rows) + "x" + std::to_string(K) + "x" + std::to_string(N) +
                        (act == Activation::gelu ? " gelu" : "") + (residual ? " +res" : ""),
                    2.0 * rows * K * N);
-    if (w.own) {
-      own_linear(w, x, ldx, rows, y, ldy, act, residual);
-      return;
-    }
-    if (residual && residual != y) {  // y = ... + residual: copy it into y, then a sum post-op
+    if (residual && residual != y) {  // y = ... + residual: copy it into y, then sum into y
 #pragma omp parallel for num_threads(threads_) schedule(static)
       for (int m = 0; m < rows; ++m) std::memcpy(y + m * ldy, residual + m * ldy, sizeof(float) * N);
+    }
+    if (w.own) {
+      own_linear(w, x, ldx, rows, y, ldy, act, residual != nullptr);
+      return;
     }
     const void* src = x;
     long lda = ldx;
@@ -351,24 +351,20 @@ class FastBackend final : public Backend {
 
   AttentionPlan& attention_plan(const AttentionArgs& a);
 
-  // linear() on our fp32 GEMM: bias, GELU and the residual sum in the GEMM's tiles.
+  // linear() on our fp32 GEMM: bias, GELU and the residual sum (y already holds the residual) in its tiles.
   void own_linear(const FastLinear& w, const float* x, long ldx, int rows, float* y, long ldy, Activation act,
-                  const float* residual) {
+                  bool residual) {
     const int N = w.out_features;
-    if (act == Activation::gelu && residual) {  // y = residual + gelu(x W^T + b): GELU before the sum
+    if (act == Activation::gelu && residual) {  // y += gelu(x W^T + b): the GELU comes before the sum
       gemm_scratch_.reserve(sizeof(float) * size_t(rows) * N);
       float* t = gemm_scratch_.as<float>();
       fast::gemm_f32(*w.own, x, ldx, rows, t, N, false, true, threads_);
 #pragma omp parallel for num_threads(threads_) schedule(static)
       for (int m = 0; m < rows; ++m)
-        for (int n = 0; n < N; ++n) y[m * ldy + n] = residual[m * ldy + n] + t[size_t(m) * N + n];
+        for (int n = 0; n < N; ++n) y[m * ldy + n] += t[size_t(m) * N + n];
       return;
     }
-    if (residual && residual != y) {
-#pragma omp parallel for num_threads(threads_) schedule(static)
-      for (int m = 0; m < rows; ++m) std::memcpy(y + m * ldy, residual + m * ldy, sizeof(float) * N);
-    }
-    fast::gemm_f32(*w.own, x, ldx, rows, y, ldy, residual != nullptr, act == Activation::gelu, threads_);
+    fast::gemm_f32(*w.own, x, ldx, rows, y, ldy, residual, act == Activation::gelu, threads_);
   }
 
   Profile profile_;
