@@ -5,12 +5,14 @@
 // attention additionally rounds unnormalised probabilities whose scaling differs when the keys come in
 // several chunks (2e-3). When the CPU cannot run the fast backend these tests are skipped.
 #include <omp.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
 #ifdef PERCEIVER_HAVE_ONEDNN
+#include "kernels/fast_gemm.h"
 #include "kernels/fast_kernels.h"
 #endif
 #include "kernels/kernels.h"
@@ -152,6 +154,53 @@ TEST_F(KernelTest, Bf16LinearStaysCloseToFp32) {
 }
 
 #ifdef PERCEIVER_HAVE_ONEDNN
+// Our AVX-512 GEMM sums each output's products in k order whatever the k-blocking, so weights packed with
+// k-blocks of 1024 (one block here), 512 (three) and 256 (five) give bit-identical outputs, with bias,
+// residual and GELU; and they match the reference backend.
+TEST(FastGemm, KBlockingLeavesResultsBitIdentical) {
+  if (!fast::use_avx512()) GTEST_SKIP() << "this CPU has no AVX-512: fast_gemm does not run here";
+  const int K = 1100, N = 200, rows = 37;
+  const auto w = random_vector(size_t(N) * K, 41, -0.1f, 0.1f), bias = random_vector(N, 42),
+             x = random_vector(size_t(rows) * K, 43, -2.0f, 2.0f),
+             residual = random_vector(size_t(rows) * N, 44);
+  for (bool accumulate : {false, true}) {
+    const bool gelu = !accumulate;
+    SCOPED_TRACE(accumulate ? "bias + residual" : "bias + GELU");
+    std::vector<std::vector<float>> outputs;
+    for (int kc : {1024, 512, 256}) {
+      const fast::GemmWeights packed({w.data()}, {N}, {bias.data()}, K, 2, kc);
+      ASSERT_EQ(packed.k_blocks(), (K + kc - 1) / kc);
+      std::vector<float> y = accumulate ? residual : std::vector<float>(size_t(rows) * N);
+      fast::gemm_f32(packed, x.data(), K, rows, y.data(), N, accumulate, gelu, 2);
+      outputs.push_back(y);
+    }
+    EXPECT_EQ(outputs[0], outputs[1]);
+    EXPECT_EQ(outputs[0], outputs[2]);
+    auto ref = make_reference_backend(2);
+    std::vector<float> want = accumulate ? residual : std::vector<float>(size_t(rows) * N);
+    ref->linear(*ref->pack_linear(w.data(), bias.data(), N, K, Precision::fp32), x.data(), K, rows,
+                want.data(), N, gelu ? Activation::gelu : Activation::none,
+                accumulate ? want.data() : nullptr);
+    EXPECT_TRUE(test::AllCloseScaled(outputs[0], want, kFp32Tolerance));
+  }
+}
+
+// The blocking follows the caches: the x strip fills at most half of L1d, a block of W about a quarter of L2.
+TEST(FastGemm, BlockingFitsTheCaches) {
+  const fast::GemmBlocking& b = fast::gemm_blocking();
+  EXPECT_GE(b.kc, 256);
+  EXPECT_LE(b.kc, 1024);
+  EXPECT_EQ(b.kc % 16, 0);
+  EXPECT_GE(b.panels_per_block, 1);
+  const long l1d = sysconf(_SC_LEVEL1_DCACHE_SIZE), l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  if (l1d > 0) {
+    EXPECT_LE(6L * b.kc * 4, std::max(l1d / 2, 6L * 256 * 4));
+  }
+  if (l2 > 0) {
+    EXPECT_LE(long(b.panels_per_block) * b.kc * 64 * 4, std::max(l2 / 4, long(b.kc) * 64 * 4));
+  }
+}
+
 // The fast backend's own GELU pass (erf by Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7) against the exact
 // form in double precision, over [-12, 12] in steps of 2^-9 plus extremes; the length is not a multiple
 // of 16.

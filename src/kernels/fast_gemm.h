@@ -1,9 +1,9 @@
 // Hand-written AVX-512 fp32 GEMM for linear layers, y = x W^T + b (+ y): the fp32 path of the fast backend
 // on AVX-512 CPUs. The plain reference is ReferenceBackend::linear (reference.cpp); tests compare the two.
 //
-// Why not oneDNN here: on the model's 512x1024x1024 linears, 2 threads, this kernel runs a few percent to 10%
-// faster than oneDNN 2.6's f32 brgemm side by side (build/bin/bench_gemm, bench/README.md), and the whole
-// fp32 forward 2-3% faster.
+// Why not oneDNN here: on the model's 512x1024x1024 linears, 2 threads, with weights coming from memory as in
+// the model, this kernel runs about 10% faster than oneDNN 2.6's f32 brgemm side by side
+// (build/bin/bench_gemm --weight-sets 24, bench/README.md).
 #pragma once
 
 #include <cstddef>
@@ -13,17 +13,24 @@
 
 namespace perceiver::fast {
 
-// W [N, K] (PyTorch layout) packed for gemm_f32: K in blocks of up to kGemmKc rows; within a block, panels of
+// Cache blocking of gemm_f32, from this CPU's cache sizes (sysconf; defaults where it reports none).
+struct GemmBlocking {
+  int kc = 1024;             // most rows of K per block: a 6 x kc strip of x fills at most half of L1d
+  int panels_per_block = 2;  // panels of W (kc x 64 floats each) that stay in L2 while row strips pass
+};
+const GemmBlocking& gemm_blocking();
+
+// W [N, K] (PyTorch layout) packed for gemm_f32: K in blocks of up to kc_max rows; within a block, panels of
 // 64 output columns (the last one narrower, padded with zeros to a multiple of 16), each panel [kc][width].
+// The k-blocking does not change the results: every output sums its products in k order.
 class GemmWeights {
  public:
   static constexpr int kPanel = 64;  // output columns per panel (4 zmm vectors)
-  static constexpr int kGemmKc = 512;
 
   // weight_rows: the parts of W stacked by rows (pointers to [rows_i, K] row-major blocks); bias likewise,
-  // nullptr entries are zeros. threads: for the packing loop.
+  // nullptr entries are zeros. threads: for the packing loop. kc_max: 0 for gemm_blocking().kc.
   GemmWeights(const std::vector<const float*>& parts, const std::vector<int>& part_rows,
-              const std::vector<const float*>& biases, int k, int threads);
+              const std::vector<const float*>& biases, int k, int threads, int kc_max = 0);
 
   int n() const { return n_; }
   int k() const { return k_; }
