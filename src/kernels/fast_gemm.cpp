@@ -202,8 +202,16 @@ void gemm_f32(const GemmWeights& w, const float* x, long ldx, int rows, float* y
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    if (panels >= nt) {  // split the columns
-      gemm_block(w, x, ldx, 0, rows, panels * t / nt, panels * (t + 1) / nt, y, ldy, accumulate, gelu);
+    if (panels >= nt) {
+      // Split the columns into blocks of panels (as many as stay in L2 together), handed out one at a time:
+      // on a shared machine a thread that loses its core for a while does fewer blocks instead of holding
+      // the other back at the end. Every block reads all of x, whichever thread runs it.
+      const int per_task = std::max(1, std::min(gemm_blocking().panels_per_block, panels / nt));
+      const int tasks = (panels + per_task - 1) / per_task;
+#pragma omp for schedule(dynamic, 1) nowait
+      for (int task = 0; task < tasks; ++task)
+        gemm_block(w, x, ldx, 0, rows, task * per_task, std::min(panels, (task + 1) * per_task), y, ldy,
+                   accumulate, gelu);
     } else {  // split the rows, in whole strips
       const int m0 = std::min(rows, strips * t / nt * kRows),
                 m1 = std::min(rows, strips * (t + 1) / nt * kRows);
