@@ -192,6 +192,9 @@ struct LayerWeights {
   // (query, key, value) when the weights are read in place; cross-attention: query from the query stream, key
   // and value from the key/value stream.
   std::unique_ptr<PackedLinear> qkv, query, key, value, output, mlp1, mlp2;
+  // Cross-attention with input-independent queries and one head (see fold_constant_queries): (LN(x) Wq^T +
+  // bq) Wk, [nq, kv_dim]; query and key are then not loaded. Empty otherwise.
+  std::vector<float> folded_queries;
 };
 
 }  // namespace
@@ -227,8 +230,13 @@ class PerceiverModel final : public Model {
   ActivationSizes activation_sizes(int height, int width) const;
   int auto_images_per_pass(int height, int width) const;
 
+  // constant_queries: the layer's query input [nq, q_dim] when it does not depend on the image (the latents
+  // of the encoder cross-attention, the decoder's query), else nullptr.
   void load_layer(WeightReader& reader, const std::string& prefix, const LayerShape& shape,
-                  LayerWeights* layer);
+                  LayerWeights* layer, const float* constant_queries = nullptr, int nq = 0);
+  std::vector<float> fold_constant_queries(WeightReader& reader, const std::string& prefix,
+                                           const LayerShape& s, const LayerNormWeights& ln, const float* x,
+                                           int nq);
   LayerNormWeights load_layer_norm(WeightReader& reader, const std::string& prefix, int width);
   std::unique_ptr<PackedLinear> load_linear(WeightReader& reader, const std::string& prefix, int out, int in);
   // Packs weights as the backend wants them; in place (no copy) when they are F32 in the mapped file, the
@@ -337,14 +345,16 @@ PerceiverModel::PerceiverModel(PerceiverConfig config, WeightReader& reader, con
   }
 
   latents_ = reader.get(p + "embeddings.latents", {L, D}).vec();
-  load_layer(reader, p + "encoder.cross_attention.", c.encoder_cross, &encoder_cross_);
+  load_layer(reader, p + "encoder.cross_attention.", c.encoder_cross, &encoder_cross_, latents_.data(),
+             int(L));
   self_attends_.resize(c.num_self_attends_per_block);
   for (int i = 0; i < c.num_self_attends_per_block; ++i)
     load_layer(reader, p + "encoder.self_attends." + std::to_string(i) + ".", c.self_attention,
                &self_attends_[i]);
   const std::string dp = p + "decoder.decoder.";
   decoder_query_ = reader.get(dp + "output_position_encodings.position_embeddings", {1, D}).vec();
-  load_layer(reader, dp + "decoding_cross_attention.", c.decoder_cross, &decoder_cross_);
+  load_layer(reader, dp + "decoding_cross_attention.", c.decoder_cross, &decoder_cross_,
+             decoder_query_.data(), 1);
   final_layer_ = load_linear(reader, dp + "final_layer", c.num_labels(), c.d_latents);
   reader.finish();
 
@@ -387,14 +397,51 @@ std::unique_ptr<PackedLinear> PerceiverModel::load_linear(WeightReader& reader, 
   return pack(reader, {&w}, {&b}, in, options_.precision);
 }
 
+// Cross-attention whose queries do not depend on the image, with one head. The scores are
+//   q K^T = (LN(x) Wq^T + bq) (LN(kv) Wk^T + bk)^T = (q Wk) LN(kv)^T + (q . bk)
+// and the last term is the same for every key of a query, which softmax ignores: so q Wk [nq, kv_dim] is
+// computed once here, and per image the scores come from LN(kv) itself, without the key projection. The
+// value projection moves after the weighted sum (the probabilities sum to 1, so the bias passes through):
+//   P (LN(kv) Wv^T + bv) = (P LN(kv)) Wv^T + bv.
+// For the conv model that is 3.5 of its 369 GFLOP (the key and value projections of 3025 input tokens and of
+// the decoder's 512 latents), more for the Fourier and learned models (50176 tokens). In fp32 whatever the
+// precision of the model: it is done once.
+std::vector<float> PerceiverModel::fold_constant_queries(WeightReader& reader, const std::string& prefix,
+                                                         const LayerShape& s, const LayerNormWeights& ln,
+                                                         const float* x, int nq) {
+  const int qk = s.qk_channels, kv = s.kv_dim;
+  std::vector<float> x_norm(size_t(nq) * s.q_dim), q(size_t(nq) * qk), folded(size_t(nq) * kv);
+  backend_->layer_norm(x, nq, s.q_dim, ln.gamma.data(), ln.beta.data(), kLayerNormEps, x_norm.data());
+  auto wq = reader.get(prefix + "attention.self.query.weight", {qk, s.q_dim});
+  auto bq = reader.get(prefix + "attention.self.query.bias", {qk});
+  auto query = backend_->pack_linear(wq.data, bq.data, qk, s.q_dim, Precision::fp32);
+  reader.release(wq, *query);
+  backend_->linear(*query, x_norm.data(), s.q_dim, nq, q.data(), qk, Activation::none, nullptr);
+  auto wk = reader.get(prefix + "attention.self.key.weight", {qk, kv});
+  reader.get(prefix + "attention.self.key.bias", {qk});  // read (it is part of the model), not needed
+  std::vector<float> wk_t(size_t(kv) * qk);              // Wk^T [kv, qk], in 32 x 32 blocks
+  for (int i0 = 0; i0 < qk; i0 += 32)
+    for (int j0 = 0; j0 < kv; j0 += 32)
+      for (int i = i0; i < std::min(qk, i0 + 32); ++i)
+        for (int j = j0; j < std::min(kv, j0 + 32); ++j) wk_t[size_t(j) * qk + i] = wk[size_t(i) * kv + j];
+  reader.release(wk, *query);  // (any packed layer that does not read in place: the pages may go)
+  backend_->linear(*backend_->pack_linear(wk_t.data(), nullptr, kv, qk, Precision::fp32), q.data(), qk, nq,
+                   folded.data(), kv, Activation::none, nullptr);
+  return folded;
+}
+
 void PerceiverModel::load_layer(WeightReader& reader, const std::string& prefix, const LayerShape& s,
-                                LayerWeights* layer) {
+                                LayerWeights* layer, const float* constant_queries, int nq) {
   layer->shape = s;
   layer->ln_query = load_layer_norm(reader, prefix + "attention.self.layernorm1", s.q_dim);
   if (s.is_cross) {
     layer->ln_kv = load_layer_norm(reader, prefix + "attention.self.layernorm2", s.kv_dim);
-    layer->query = load_linear(reader, prefix + "attention.self.query", s.qk_channels, s.q_dim);
-    layer->key = load_linear(reader, prefix + "attention.self.key", s.qk_channels, s.kv_dim);
+    if (constant_queries && s.heads == 1) {
+      layer->folded_queries = fold_constant_queries(reader, prefix, s, layer->ln_query, constant_queries, nq);
+    } else {
+      layer->query = load_linear(reader, prefix + "attention.self.query", s.qk_channels, s.q_dim);
+      layer->key = load_linear(reader, prefix + "attention.self.key", s.qk_channels, s.kv_dim);
+    }
     layer->value = load_linear(reader, prefix + "attention.self.value", s.v_channels, s.kv_dim);
   } else {  // Q, K and V all read LN(x): one GEMM with the three weight matrices stacked
     std::vector<Weight> weights, biases;
@@ -493,11 +540,14 @@ PerceiverModel::ActivationSizes PerceiverModel::activation_sizes(int height, int
     s.pixels_hwc = size_t(height) * width * 3;
   s.inputs = N * C;
   s.kv_norm = std::max(N * C, L * D);
-  s.keys = std::max({N * ec.qk_channels, L * sa.qk_channels, L * dc.qk_channels});
+  // keys also holds P LN(kv) [nq, kv_dim] of a folded cross-attention, queries its folded queries.
+  s.keys = std::max(
+      {N * ec.qk_channels, L * sa.qk_channels, L * dc.qk_channels, L * ec.kv_dim, size_t(dc.kv_dim)});
   s.values = std::max({N * ec.v_channels, L * sa.v_channels, L * dc.v_channels});
   s.latents = L * D;
   s.decoder_x = D;
-  s.queries = L * std::max({ec.qk_channels, sa.qk_channels, dc.qk_channels});
+  s.queries =
+      std::max(L * std::max({ec.qk_channels, sa.qk_channels, dc.qk_channels, ec.kv_dim}), size_t(dc.kv_dim));
   s.context = L * std::max({ec.v_channels, sa.v_channels, dc.v_channels});
   s.qkv = L * (2 * sa.qk_channels + sa.v_channels);
   s.hidden = L * std::max({ec.mlp_hidden, sa.mlp_hidden, dc.mlp_hidden});
@@ -662,7 +712,23 @@ void PerceiverModel::run_layer(const LayerWeights& lw, float* x, int batch, int 
   backend_->layer_norm(x, rows_q, s.q_dim, lw.ln_query.gamma.data(), lw.ln_query.beta.data(), kLayerNormEps,
                        x_norm);
   AttentionArgs a;
-  if (kv_raw) {  // cross-attention: queries from LN(x), keys and values from LN(kv_raw)
+  a.dqk = s.qk_channels / s.heads;
+  a.dv = s.v_channels / s.heads;
+  a.ldo = s.v_channels;
+  a.out = w.context.data();
+  const bool folded = kv_raw && !lw.folded_queries.empty();
+  if (folded) {  // constant queries, one head: attend over LN(kv_raw) itself (fold_constant_queries)
+    backend_->layer_norm(kv_raw, rows_kv, s.kv_dim, lw.ln_kv.gamma.data(), lw.ln_kv.beta.data(),
+                         kLayerNormEps, w.kv_norm.data());
+    for (int b = 0; b < batch; ++b)
+      std::memcpy(w.queries.data() + size_t(b) * lw.folded_queries.size(), lw.folded_queries.data(),
+                  sizeof(float) * lw.folded_queries.size());
+    a.q = w.queries.data();
+    a.k = a.v = w.kv_norm.data();
+    a.ldq = a.ldk = a.ldv = a.ldo = s.kv_dim;
+    a.dv = s.kv_dim;
+    a.out = w.keys.data();  // P LN(kv): [rows_q, kv_dim]
+  } else if (kv_raw) {      // cross-attention: queries from LN(x), keys and values from LN(kv_raw)
     backend_->layer_norm(kv_raw, rows_kv, s.kv_dim, lw.ln_kv.gamma.data(), lw.ln_kv.beta.data(),
                          kLayerNormEps, w.kv_norm.data());
     const float* kv = w.kv_norm.data();
@@ -696,18 +762,21 @@ void PerceiverModel::run_layer(const LayerWeights& lw, float* x, int batch, int 
     a.ldq = a.ldk = s.qk_channels;
     a.ldv = s.v_channels;
   }
-  a.out = w.context.data();
   a.probs = probs;
   a.batch = batch;
   a.heads = s.heads;
   a.nq = nq;
   a.nk = nk;
-  a.dqk = s.qk_channels / s.heads;
-  a.dv = s.v_channels / s.heads;
-  a.ldo = s.v_channels;
-  a.scale = static_cast<float>(1.0 / std::sqrt(double(a.dqk)));
+  a.scale = static_cast<float>(1.0 / std::sqrt(double(s.qk_channels / s.heads)));
   a.precision = options_.precision;
+  if (folded) {  // the query width is now kv_dim; the scale stays that of the original head width
+    a.dqk = s.kv_dim;
+    a.ldq = s.kv_dim;
+  }
   backend_->attention(a);
+  if (folded)  // context = (P LN(kv)) Wv^T + bv
+    backend_->linear(*lw.value, w.keys.data(), s.kv_dim, rows_q, w.context.data(), s.v_channels,
+                     Activation::none, nullptr);
 
   // Output projection; the query residual adds the un-normalised input.
   if (s.query_residual) {
