@@ -298,6 +298,7 @@ TEST_F(KernelTest, AttentionMatchesReference) {
       {1, 1, 512, 3025, 322, 322, 0, 0.5f},  // the conv model's encoder cross-attention
       {1, 8, 512, 512, 128, 128, 1, 0.5f},   // the self-attention
       {3, 1, 1, 512, 1024, 1024, 0, 0.1f},   // the decoder
+      {2, 3, 3, 37, 20, 19, 0, 1.0f},        // few queries (keys read in place), several heads, odd widths
       {1, 3, 17, 17, 5, 7, 1, 1.0f},         // tiny, odd widths
       {1, 2, 65, 4099, 16, 16, 0, 4.0f},     // large scores: the running max changes between chunks
   };

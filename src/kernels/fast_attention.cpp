@@ -23,6 +23,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "kernels/avx512_math.h"
@@ -34,6 +35,9 @@ namespace {
 using namespace avx512;
 constexpr int kRows = kTileRows;    // keys (scores) or value channels (output) per register tile
 constexpr int kLanes = kTileLanes;  // queries per register tile
+// Fewer queries than this per (batch, head) (the classification decoder has one) skip the register tiles:
+// packing the keys would cost more than the products.
+constexpr int kFewQueries = 4;
 
 // Columns of st [n][32]: p = exp(s * scale - max_j(s_j * scale)) in place; returns the column sums in
 // sum[32].
@@ -60,6 +64,51 @@ PCV_AVX512 void softmax_columns(float* st, int n, float scale, float* sum) {
 
 size_t blocks(int n, int size) { return (size_t(n) + size - 1) / size; }
 
+// sum_d x[d] y[d], d < n.
+PCV_AVX512 float dot(const float* x, const float* y, int n) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int d = 0; d < n; d += 16) {
+    const __mmask16 m = avx512::tail_mask(std::min(16, n - d));
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + d), _mm512_maskz_loadu_ps(m, y + d), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// One query of one (batch, head), its keys and values read where they are (rows of K and V): scores as dot
+// products, softmax, then the weighted sum of value rows. scores: [nk] scratch.
+PCV_AVX512 void attend_one_query(const AttentionArgs& a, size_t b, size_t h, size_t i, float* scores) {
+  const int nk = a.nk, dqk = a.dqk, dv = a.dv;
+  const float* q = a.q + (b * a.nq + i) * a.ldq + h * dqk;
+  float max_score = -__builtin_inff();
+  for (int j = 0; j < nk; ++j) {
+    scores[j] = dot(q, a.k + (b * nk + j) * a.ldk + h * dqk, dqk) * a.scale;
+    max_score = std::max(max_score, scores[j]);
+  }
+  float sum = 0;
+  for (int j = 0; j < nk; ++j) sum += scores[j] = std::exp(scores[j] - max_score);
+  // out = sum_j e_j v_j / sum, value rows in order (each row read once, sequentially)
+  float* out = a.out + (b * a.nq + i) * a.ldo + h * dv;
+  std::fill_n(out, dv, 0.0f);
+  for (int j = 0; j < nk; ++j) {
+    const float* v = a.v + (b * nk + j) * a.ldv + h * dv;
+    const __m512 e = _mm512_set1_ps(scores[j]);
+    for (int c = 0; c < dv; c += 16) {
+      const __mmask16 m = avx512::tail_mask(std::min(16, dv - c));
+      _mm512_mask_storeu_ps(
+          out + c, m, _mm512_fmadd_ps(e, _mm512_maskz_loadu_ps(m, v + c), _mm512_maskz_loadu_ps(m, out + c)));
+    }
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / sum);
+  for (int c = 0; c < dv; c += 16) {
+    const __mmask16 m = avx512::tail_mask(std::min(16, dv - c));
+    _mm512_mask_storeu_ps(out + c, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, out + c), inv));
+  }
+  if (a.probs) {
+    float* p = a.probs + ((b * a.heads + h) * a.nq + i) * size_t(nk);
+    for (int j = 0; j < nk; ++j) p[j] = scores[j] / sum;
+  }
+}
+
 }  // namespace
 
 void AttentionFp32::run(const AttentionArgs& a, int threads) {
@@ -68,6 +117,16 @@ void AttentionFp32::run(const AttentionArgs& a, int threads) {
   if (nk <= 0 || dqk <= 0 || dv <= 0) {  // nothing to attend to (not produced by any model): zeros
     for (long r = 0; r < long(B) * nq; ++r)
       for (int h = 0; h < H; ++h) std::fill_n(a.out + r * a.ldo + long(h) * dv, std::max(dv, 0), 0.0f);
+    return;
+  }
+  if (nq < kFewQueries) {  // packing K would cost more than the products: read K and V in place
+    if (int(per_thread_.size()) < threads) per_thread_.resize(threads);
+    for (int t = 0; t < threads; ++t) per_thread_[t].reserve(sizeof(float) * nk);
+    const long tasks = long(B) * H * nq;
+#pragma omp parallel for num_threads(int(std::min <long>(threads, tasks))) schedule(static)
+    for (long task = 0; task < tasks; ++task)
+      attend_one_query(a, size_t(task) / nq / H, size_t(task) / nq % H, size_t(task) % nq,
+                       per_thread_[omp_get_thread_num()].as<float>());
     return;
   }
   const size_t key_blocks = blocks(nk, kRows), channel_blocks = blocks(dv, kRows),
