@@ -1,9 +1,10 @@
 // Hand-written AVX-512 fp32 GEMM for linear layers, y = x W^T + b (+ y): the fp32 path of the fast backend
 // on AVX-512 CPUs. The plain reference is ReferenceBackend::linear (reference.cpp); tests compare the two.
 //
-// Why not oneDNN here: on the model's 512x1024x1024 linears, 2 threads, with weights coming from memory as in
-// the model, this kernel runs about 10% faster than oneDNN 2.6's f32 brgemm side by side
-// (build/bin/bench_gemm --weight-sets 24, bench/README.md).
+// Why not oneDNN here: on the model's linears (512x1024x1024 and x3072), 2 threads, weights coming from memory
+// as in the model, this kernel ran 4-9% faster than oneDNN 2.6's f32 matmul with weights it packed itself and
+// 11-13% faster than with weights read in place, side by side (build/bin/bench_gemm --weight-sets 24,
+// bench/README.md).
 #pragma once
 
 #include <cstddef>
