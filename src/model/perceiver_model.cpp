@@ -24,7 +24,9 @@ namespace {
 // Default bound on the activations of one forward pass (see PerceiverModel::forward).
 constexpr size_t kPassActivationBytes = size_t(32) << 20;
 
-constexpr float kLayerNormEps = 1e-5f;  // nn.LayerNorm default; config.layer_norm_eps is never read by HF
+constexpr float kLayerNormEps = 1e-5f;
+// fold_constant_queries computes for up to this many queries directly, for more with the backend's GEMMs.
+constexpr int kDirectFoldQueries = 8;  // nn.LayerNorm default; config.layer_norm_eps is never read by HF
 constexpr float kBatchNormEps = 1e-5f;
 
 // Conv stem rows per im2col band: about 1 MB of im2col (16 rows at 224x224).
@@ -110,7 +112,11 @@ class WeightReader {
   // The tensor has been packed (copied) and is not needed any more: give its file pages back, so that the
   // mapped file and the packed weights do not both count in the resident set while loading.
   void release(const Weight& w, const PackedLinear& packed) const {
-    if (packed.reads_in_place || !w.mapped || w.ref->nbytes == 0) return;
+    if (!packed.reads_in_place) release(w);
+  }
+  // The same, for a tensor that nothing reads any more.
+  void release(const Weight& w) const {
+    if (!w.mapped || w.ref->nbytes == 0) return;
     static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
     const uintptr_t begin = (reinterpret_cast<uintptr_t>(w.ref->data) + page - 1) / page * page;
     const uintptr_t end = (reinterpret_cast<uintptr_t>(w.ref->data) + w.ref->nbytes) / page * page;
@@ -414,17 +420,40 @@ std::vector<float> PerceiverModel::fold_constant_queries(WeightReader& reader, c
   backend_->layer_norm(x, nq, s.q_dim, ln.gamma.data(), ln.beta.data(), kLayerNormEps, x_norm.data());
   auto wq = reader.get(prefix + "attention.self.query.weight", {qk, s.q_dim});
   auto bq = reader.get(prefix + "attention.self.query.bias", {qk});
+  auto wk = reader.get(prefix + "attention.self.key.weight", {qk, kv});
+  reader.get(prefix + "attention.self.key.bias", {qk});  // read (it is part of the model), not needed
+  if (nq <= kDirectFoldQueries) {
+    // A few queries (the decoder's one): both products directly, in double, reading the weights as they lie;
+    // packing them for a GEMM would take longer.
+    std::vector<double> qi(qk), fi(kv);
+    for (int i = 0; i < nq; ++i) {
+      const float* xi = &x_norm[size_t(i) * s.q_dim];
+      for (int c = 0; c < qk; ++c) {
+        const float* w = wq.data + size_t(c) * s.q_dim;
+        double sum = bq[c];
+        for (int d = 0; d < s.q_dim; ++d) sum += double(xi[d]) * w[d];
+        qi[c] = sum;
+      }
+      std::fill(fi.begin(), fi.end(), 0.0);
+      for (int c = 0; c < qk; ++c) {
+        const float* w = wk.data + size_t(c) * kv;
+        for (int j = 0; j < kv; ++j) fi[j] += qi[c] * w[j];
+      }
+      for (int j = 0; j < kv; ++j) folded[size_t(i) * kv + j] = float(fi[j]);
+    }
+    reader.release(wq);
+    reader.release(wk);
+    return folded;
+  }
   auto query = backend_->pack_linear(wq.data, bq.data, qk, s.q_dim, Precision::fp32);
   reader.release(wq, *query);
   backend_->linear(*query, x_norm.data(), s.q_dim, nq, q.data(), qk, Activation::none, nullptr);
-  auto wk = reader.get(prefix + "attention.self.key.weight", {qk, kv});
-  reader.get(prefix + "attention.self.key.bias", {qk});  // read (it is part of the model), not needed
-  std::vector<float> wk_t(size_t(kv) * qk);              // Wk^T [kv, qk], in 32 x 32 blocks
+  std::vector<float> wk_t(size_t(kv) * qk);  // Wk^T [kv, qk], in 32 x 32 blocks
   for (int i0 = 0; i0 < qk; i0 += 32)
     for (int j0 = 0; j0 < kv; j0 += 32)
       for (int i = i0; i < std::min(qk, i0 + 32); ++i)
         for (int j = j0; j < std::min(kv, j0 + 32); ++j) wk_t[size_t(j) * qk + i] = wk[size_t(i) * kv + j];
-  reader.release(wk, *query);  // (any packed layer that does not read in place: the pages may go)
+  reader.release(wk);
   backend_->linear(*backend_->pack_linear(wk_t.data(), nullptr, kv, qk, Precision::fp32), q.data(), qk, nq,
                    folded.data(), kv, Activation::none, nullptr);
   return folded;
