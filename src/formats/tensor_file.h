@@ -29,13 +29,16 @@ struct TensorRef {
   std::string shape_string() const;  // e.g. "[64, 3, 7, 7]"
 };
 
-// A parsed weight file. Tensors stay valid as long as the TensorFile lives.
+// A parsed weight file. Tensors stay valid as long as the TensorFile lives, or until released.
 class TensorFile {
  public:
   virtual ~TensorFile() = default;
   const std::filesystem::path& path() const { return path_; }
   const std::vector<TensorRef>& tensors() const { return tensors_; }
   const TensorRef* find(std::string_view name) const;  // nullptr when absent
+  // The caller will not read this tensor's bytes again (they have been copied, packed): a file that holds
+  // them in memory may free them once no other tensor of this file shares them. `data` is dangling after.
+  virtual void release(const TensorRef&) {}
 
  protected:
   std::filesystem::path path_;

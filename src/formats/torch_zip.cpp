@@ -46,6 +46,7 @@ class TorchZipFile final : public TensorFile {
     throw Error(ErrorKind::model, path_.string() + ": " + what);
   }
   void open_archive();
+  void release(const TensorRef& tensor) override;
   Buffer read_entry(zip_int64_t index, const std::string& name, uint64_t max_size);
   const Buffer& storage(const pickle::Value& ref);
   void add_tensor(const std::string& name, const pickle::Value& t);
@@ -56,7 +57,19 @@ class TorchZipFile final : public TensorFile {
   std::map<std::string, Buffer> storages_;                         // key -> bytes
   std::map<std::string, std::pair<DType, int64_t>> storage_info_;  // key -> (dtype, numel) first seen
   std::vector<Buffer> copies_;                                     // materialised non-contiguous tensors
+  // Tensors (by name) that point into a storage, and how many of them are not released yet, by storage key:
+  // a storage is freed when its last tensor is released.
+  std::map<std::string, std::string> storage_of_;
+  std::map<std::string, int> unreleased_;
 };
+
+void TorchZipFile::release(const TensorRef& tensor) {
+  auto it = storage_of_.find(tensor.name);
+  if (it == storage_of_.end()) return;  // a copy, an empty tensor, or released before
+  const std::string key = it->second;
+  storage_of_.erase(it);
+  if (--unreleased_[key] == 0) storages_.erase(key);
+}
 
 void TorchZipFile::open_archive() {
   struct stat st;
@@ -205,6 +218,8 @@ void TorchZipFile::add_tensor(const std::string& name, const pickle::Value& t) {
   const std::byte* base = store.bytes.get();
   if (contiguous) {
     out.data = base + static_cast<size_t>(t.integer) * elem;
+    storage_of_[name] = ref.text;
+    ++unreleased_[ref.text];
   } else {  // gather into a contiguous copy
     Buffer copy;
     copy.size = out.nbytes;

@@ -51,7 +51,7 @@ class WeightReader {
  public:
   // mapped: the file is memory-mapped (safetensors): F32 tensors are views into it (Weight::mapped), whose
   // pages populate() maps up front and release() may drop.
-  WeightReader(const TensorFile& file, bool mapped) : file_(&file), mapped_(mapped) {}
+  WeightReader(TensorFile& file, bool mapped) : file_(&file), mapped_(mapped) {}
   explicit WeightReader(uint64_t seed) : rng_state_(seed * 0x9e3779b97f4a7c15ull + 1) {}
 
   Weight get(const std::string& name, const std::vector<int64_t>& shape) {
@@ -114,9 +114,15 @@ class WeightReader {
   void release(const Weight& w, const PackedLinear& packed) const {
     if (!packed.reads_in_place) release(w);
   }
-  // The same, for a tensor that nothing reads any more.
+  // The same, for a tensor that nothing reads any more. A file read into memory (pytorch_model.bin) frees
+  // the tensor's storage once all its tensors are released: loading then never holds the whole file and
+  // all the packed weights at once.
   void release(const Weight& w) const {
-    if (!w.mapped || w.ref->nbytes == 0) return;
+    if (!w.ref || w.ref->nbytes == 0) return;
+    if (!w.mapped) {
+      if (file_) file_->release(*w.ref);
+      return;
+    }
     static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
     const uintptr_t begin = (reinterpret_cast<uintptr_t>(w.ref->data) + page - 1) / page * page;
     const uintptr_t end = (reinterpret_cast<uintptr_t>(w.ref->data) + w.ref->nbytes) / page * page;
@@ -176,7 +182,7 @@ class WeightReader {
     return v;
   }
 
-  const TensorFile* file_ = nullptr;
+  TensorFile* file_ = nullptr;
   bool mapped_ = false;
   uint64_t rng_state_ = 0;
   std::set<std::string> used_;
