@@ -23,11 +23,11 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 
 #include "kernels/avx512_math.h"
 #include "kernels/avx512_tile.h"
+#include "kernels/fast_kernels.h"
 
 namespace perceiver::fast {
 namespace {
@@ -79,13 +79,8 @@ PCV_AVX512 float dot(const float* x, const float* y, int n) {
 PCV_AVX512 void attend_one_query(const AttentionArgs& a, size_t b, size_t h, size_t i, float* scores) {
   const int nk = a.nk, dqk = a.dqk, dv = a.dv;
   const float* q = a.q + (b * a.nq + i) * a.ldq + h * dqk;
-  float max_score = -__builtin_inff();
-  for (int j = 0; j < nk; ++j) {
-    scores[j] = dot(q, a.k + (b * nk + j) * a.ldk + h * dqk, dqk) * a.scale;
-    max_score = std::max(max_score, scores[j]);
-  }
-  float sum = 0;
-  for (int j = 0; j < nk; ++j) sum += scores[j] = std::exp(scores[j] - max_score);
+  for (int j = 0; j < nk; ++j) scores[j] = dot(q, a.k + (b * nk + j) * a.ldk + h * dqk, dqk);
+  const float sum = exp_scaled_shifted_sum(scores, nk, a.scale, row_max_scaled(scores, nk, a.scale));
   // out = sum_j e_j v_j / sum, value rows in order (each row read once, sequentially)
   float* out = a.out + (b * a.nq + i) * a.ldo + h * dv;
   std::fill_n(out, dv, 0.0f);

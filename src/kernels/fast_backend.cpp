@@ -360,8 +360,7 @@ class FastBackend final : public Backend {
       float* t = gemm_scratch_.as<float>();
       fast::gemm_f32(*w.own, x, ldx, rows, t, N, false, true, threads_);
 #pragma omp parallel for num_threads(threads_) schedule(static)
-      for (int m = 0; m < rows; ++m)
-        for (int n = 0; n < N; ++n) y[m * ldy + n] += t[size_t(m) * N + n];
+      for (int m = 0; m < rows; ++m) fast::scale_add(t + size_t(m) * N, N, 1.0f, y + m * ldy);
       return;
     }
     fast::gemm_f32(*w.own, x, ldx, rows, y, ldy, residual, act == Activation::gelu, threads_);

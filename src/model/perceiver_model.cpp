@@ -24,9 +24,9 @@ namespace {
 // Default bound on the activations of one forward pass (see PerceiverModel::forward).
 constexpr size_t kPassActivationBytes = size_t(32) << 20;
 
-constexpr float kLayerNormEps = 1e-5f;
+constexpr float kLayerNormEps = 1e-5f;  // nn.LayerNorm default; config.layer_norm_eps is never read by HF
 // fold_constant_queries computes for up to this many queries directly, for more with the backend's GEMMs.
-constexpr int kDirectFoldQueries = 8;  // nn.LayerNorm default; config.layer_norm_eps is never read by HF
+constexpr int kDirectFoldQueries = 8;
 constexpr float kBatchNormEps = 1e-5f;
 
 // Conv stem rows per im2col band: about 1 MB of im2col (16 rows at 224x224).
@@ -761,9 +761,9 @@ void PerceiverModel::run_layer(const LayerWeights& lw, float* x, int batch, int 
     a.q = w.queries.data();
     a.k = a.v = w.kv_norm.data();
     a.ldq = a.ldk = a.ldv = a.ldo = s.kv_dim;
-    a.dv = s.kv_dim;
-    a.out = w.keys.data();  // P LN(kv): [rows_q, kv_dim]
-  } else if (kv_raw) {      // cross-attention: queries from LN(x), keys and values from LN(kv_raw)
+    a.dqk = a.dv = s.kv_dim;  // the scale below stays that of the original head width
+    a.out = w.keys.data();    // P LN(kv): [rows_q, kv_dim]
+  } else if (kv_raw) {        // cross-attention: queries from LN(x), keys and values from LN(kv_raw)
     backend_->layer_norm(kv_raw, rows_kv, s.kv_dim, lw.ln_kv.gamma.data(), lw.ln_kv.beta.data(),
                          kLayerNormEps, w.kv_norm.data());
     const float* kv = w.kv_norm.data();
@@ -804,10 +804,6 @@ void PerceiverModel::run_layer(const LayerWeights& lw, float* x, int batch, int 
   a.nk = nk;
   a.scale = static_cast<float>(1.0 / std::sqrt(double(s.qk_channels / s.heads)));
   a.precision = options_.precision;
-  if (folded) {  // the query width is now kv_dim; the scale stays that of the original head width
-    a.dqk = s.kv_dim;
-    a.ldq = s.kv_dim;
-  }
   backend_->attention(a);
   if (folded)  // context = (P LN(kv)) Wv^T + bv
     backend_->linear(*lw.value, w.keys.data(), s.kv_dim, rows_q, w.context.data(), s.v_channels,
