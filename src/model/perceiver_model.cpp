@@ -620,19 +620,15 @@ void PerceiverModel::prepare(int batch, int height, int width) {
   }
   if (c.architecture == Architecture::conv)
     w.im2col.assign(size_t(stem_band_rows(w.geo.stem_w)) * w.geo.stem_w * 3 * 49, 0.0f);
-  w.stem_out.assign(B * s.stem_out, 0.0f);
-  w.pixels_hwc.assign(B * s.pixels_hwc, 0.0f);
-  w.inputs.assign(B * s.inputs, 0.0f);
-  w.kv_norm.assign(B * s.kv_norm, 0.0f);
-  w.keys.assign(B * s.keys, 0.0f);
-  w.values.assign(B * s.values, 0.0f);
-  w.x.assign(B * s.latents, 0.0f);
-  w.x_norm.assign(B * s.latents, 0.0f);
-  w.decoder_x.assign(B * s.decoder_x, 0.0f);
-  w.queries.assign(B * s.queries, 0.0f);
-  w.context.assign(B * s.context, 0.0f);
-  w.qkv.assign(B * s.qkv, 0.0f);
-  w.hidden.assign(B * s.hidden, 0.0f);
+  const std::pair<std::vector<float>*, size_t> buffers[] = {
+      {&w.stem_out, s.stem_out},   {&w.pixels_hwc, s.pixels_hwc},
+      {&w.inputs, s.inputs},       {&w.kv_norm, s.kv_norm},
+      {&w.keys, s.keys},           {&w.values, s.values},
+      {&w.x, s.latents},           {&w.x_norm, s.latents},
+      {&w.decoder_x, s.decoder_x}, {&w.queries, s.queries},
+      {&w.context, s.context},     {&w.qkv, s.qkv},
+      {&w.hidden, s.hidden}};
+  for (const auto& [buffer, per_image] : buffers) buffer->assign(B * per_image, 0.0f);
   w.probs.clear();
 }
 
