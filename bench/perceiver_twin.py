@@ -13,6 +13,7 @@ GELU, LayerNorm eps 1e-5, query residuals, 6 shared self-attention layers applie
 Run it with Debian's /usr/bin/python3 and python3-torch (apt-get install -y python3-torch).
 """
 import argparse
+import inspect
 import json
 import math
 import os
@@ -273,9 +274,11 @@ def validate(vectors_dir):
 def export_onnx(model_dir, out_path, batch):
     model = load_model(model_dir)
     dummy = torch.zeros(batch, 3, *model.image_hw)
+    # PyTorch >= 2.5 can export through dynamo; the TorchScript exporter is the one 1.13 has: use it everywhere.
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with torch.inference_mode():
         torch.onnx.export(model, (dummy,), out_path, opset_version=14, input_names=["pixel_values"],
-                          output_names=["logits"], do_constant_folding=True)
+                          output_names=["logits"], do_constant_folding=True, **legacy)
     print(f"wrote {out_path}")
 
 

@@ -10,8 +10,12 @@ warm-up (the machine is noisy, so the engines alternate). Prints the table and t
 
 Needs: Debian's /usr/bin/python3 with python3-torch; node with onnxruntime-node installed in bench/
 (cd bench && ONNXRUNTIME_NODE_INSTALL=skip npm install); a Release build of perceiver (--perceiver; default
-$PERCEIVER_BIN, else build/bin/perceiver). The PyTorch process alone runs with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset: this
-machine's environment pins OpenBLAS (which Debian's PyTorch uses) to its Haswell kernels, which halves it.
+$PERCEIVER_BIN, else build/bin/perceiver). The PyTorch process alone runs with OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE unset: this machine's environment pins OpenBLAS (which Debian's PyTorch uses) to its Haswell
+kernels, which halves it.
+
+On other machines: --python PY (another Python with torch), --ort python (ONNX Runtime's Python package through
+bench/ort_bench.py instead of node), --cpus 0,1 (pin every engine to those CPUs with taskset).
 """
 import argparse
 import json
@@ -52,32 +56,40 @@ def main():
     ap.add_argument("--workdir", default=os.path.join(HERE, ".work"))
     ap.add_argument("--perceiver", default=None)
     ap.add_argument("--skip-validate", action="store_true")
+    ap.add_argument("--python", default=PY, help="Python with torch for the twin (default: Debian's)")
+    ap.add_argument("--ort", default="node", choices=["node", "python"],
+                    help="ONNX Runtime from node (onnxruntime-node) or from --python's onnxruntime package")
+    ap.add_argument("--cpus", default=None, help="pin every engine to these CPUs (taskset -c LIST), e.g. 0,1")
     args = ap.parse_args()
     perceiver = args.perceiver or find_perceiver()
+    py = args.python
+    pin = ["taskset", "-c", args.cpus] if args.cpus else []
     print(f"perceiver.cpp binary: {perceiver}", flush=True)
 
     if not args.skip_validate:
         print("validating the PyTorch twin against ../shared/vectors ...", flush=True)
-        subprocess.run([PY, TWIN, "validate"], check=True)
+        subprocess.run([py, TWIN, "validate"], check=True)
     model_dir = os.path.join(args.workdir, "vision-perceiver-conv-random")
     if not os.path.exists(os.path.join(model_dir, "model.safetensors")):
-        subprocess.run([PY, TWIN, "checkpoint", "--out", model_dir], check=True)
+        subprocess.run([py, TWIN, "checkpoint", "--out", model_dir], check=True)
     onnx_path = os.path.join(args.workdir, f"perceiver-conv-b{args.batch}.onnx")
     if not os.path.exists(onnx_path):
-        subprocess.run([PY, TWIN, "export", "--model", model_dir, "--out", onnx_path, "--batch", str(args.batch)],
+        subprocess.run([py, TWIN, "export", "--model", model_dir, "--out", onnx_path, "--batch", str(args.batch)],
                        check=True)
 
     torch_env = dict(os.environ)
     torch_env.pop("OPENBLAS_CORETYPE", None)
     torch_env.pop("OPENBLAS_L2_SIZE", None)
     t, b = str(args.threads), str(args.batch)
+    ort_cmd = ["node", os.path.join(HERE, "ort_bench.js")] if args.ort == "node" else \
+        [py, os.path.join(HERE, "ort_bench.py")]
     engines = {
-        "ort": lambda: run_json(["node", os.path.join(HERE, "ort_bench.js"), onnx_path, "--threads", t, "--batch", b,
-                                 "--iters", str(args.iters), "--warmup", "1"]),
-        "ours": lambda: run_json([perceiver, "bench", "--model", model_dir, "--threads", t, "--batch", b,
+        "ort": lambda: run_json(pin + ort_cmd + [onnx_path, "--threads", t, "--batch", b,
+                                                "--iters", str(args.iters), "--warmup", "1"]),
+        "ours": lambda: run_json(pin + [perceiver, "bench", "--model", model_dir, "--threads", t, "--batch", b,
                                   "--precision", args.precision, "--iters", str(args.iters), "--warmup", "1",
                                   "--json"]),
-        "torch": lambda: run_json([PY, TWIN, "bench", "--model", model_dir, "--threads", t, "--batch", b,
+        "torch": lambda: run_json(pin + [py, TWIN, "bench", "--model", model_dir, "--threads", t, "--batch", b,
                                    "--iters", str(args.torch_iters), "--warmup", "1"], env=torch_env),
     }
     times = {k: [] for k in engines}

@@ -8,7 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   nlohmann-json3-dev libcli11-dev          # JSON, command line
-  libzip-dev zlib1g-dev                     # pytorch_model.bin (zip)
+  libzip-dev zlib1g-dev libdeflate-dev      # pytorch_model.bin (zip; libdeflate: fast CRC-32)
   libjpeg62-turbo-dev libpng-dev libwebp-dev libexif-dev   # image codecs, the ones Pillow uses
   libcurl4-openssl-dev libssl-dev           # hub downloads, sha256
   libdnnl-dev ocl-icd-opencl-dev            # oneDNN GEMMs (its CMake config needs OpenCL headers)

@@ -258,6 +258,9 @@ TEST_P(RealCheckpoint, BothFormatsAgreeBitForBit) {
     EXPECT_EQ(std::memcmp(a.data, b->data, a.nbytes), 0) << a.name << " differs";
     for (const TensorRef* t : {&a, b})
       EXPECT_EQ(reinterpret_cast<uintptr_t>(t->data) % dtype_size(t->dtype), 0u) << t->name << " misaligned";
+    // Both files are read in place: torch.save stores its entries uncompressed and 64-byte aligned.
+    EXPECT_EQ(a.mapped, a.nbytes != 0) << a.name;
+    EXPECT_EQ(b->mapped, b->nbytes != 0) << a.name;
   }
   EXPECT_EQ(st->find("no.such.tensor"), nullptr);
 
@@ -634,6 +637,52 @@ TEST(TorchZip, TruncatedAndCorruptArchives) {
   raw[at + 200] = static_cast<char>(raw[at + 200] ^ 0x55);  // inside the first storage's data
   write_bytes(path, raw);
   EXPECT_TRUE(ThrowsError([&] { open_weights(path); }, ErrorKind::model, path, "CRC error"));
+}
+
+TEST(TorchZip, MappedEntriesSurviveAZipCommentAndMatchTheReadPath) {
+  // The central directory is found behind an archive comment; the mapped storages hold the same bytes as
+  // the deflated copy of the same archive, which is read through libzip.
+  auto dir = temp_dir("tz-map");
+  std::string raw = read_bytes(vectors_dir() / "conv-tiny" / "pytorch_model.bin");
+  ASSERT_EQ(raw.compare(raw.size() - 22, 4, "PK\x05\x06", 4), 0);  // no comment yet
+  const std::string comment = "PK\x05\x06 a comment that looks like a signature";
+  raw[raw.size() - 2] = static_cast<char>(comment.size());
+  auto commented = dir / "commented.bin";
+  write_bytes(commented, raw + comment);
+  auto mapped = open_torch_zip(commented);
+
+  std::vector<std::pair<std::string, std::string>> entries;
+  {
+    int err = 0;
+    zip_t* z = zip_open((vectors_dir() / "conv-tiny" / "pytorch_model.bin").c_str(), ZIP_RDONLY, &err);
+    ASSERT_NE(z, nullptr);
+    for (zip_int64_t i = 0; i < zip_get_num_entries(z, 0); ++i) {
+      zip_stat_t st;
+      ASSERT_EQ(zip_stat_index(z, i, 0, &st), 0);
+      std::string data(st.size, '\0');
+      zip_file_t* f = zip_fopen_index(z, i, 0);
+      ASSERT_NE(f, nullptr);
+      ASSERT_EQ(zip_fread(f, data.data(), data.size()), zip_int64_t(data.size()));
+      zip_fclose(f);
+      entries.emplace_back(st.name, std::move(data));
+    }
+    zip_discard(z);
+  }
+  auto deflated = dir / "deflated.bin";
+  write_zip(deflated, entries, /*deflate=*/true);
+  auto read = open_torch_zip(deflated);
+
+  ASSERT_EQ(mapped->tensors().size(), read->tensors().size());
+  size_t mapped_count = 0;
+  for (const TensorRef& a : mapped->tensors()) {
+    const TensorRef* b = read->find(a.name);
+    ASSERT_NE(b, nullptr) << a.name;
+    EXPECT_FALSE(b->mapped) << a.name;
+    ASSERT_EQ(a.nbytes, b->nbytes) << a.name;
+    EXPECT_EQ(std::memcmp(a.data, b->data, a.nbytes), 0) << a.name;
+    mapped_count += a.mapped;
+  }
+  EXPECT_GT(mapped_count, 0u);
 }
 
 // --- the unpickler on its own ------------------------------------------------------------------------------

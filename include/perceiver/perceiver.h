@@ -24,7 +24,8 @@ struct ModelOptions {
   Precision precision = Precision::fp32;
   int threads = 0;               // <= 0: all cores available to the process
   std::string backend = "auto";  // "auto" (fastest available), "reference" (plain loops), "fast"
-  // fp32 weights stored as F32 in model.safetensors are read in place from the memory-mapped file (no copy:
+  // fp32 weights stored as F32 in model.safetensors (or in pytorch_model.bin's stored, aligned entries, as
+  // torch.save writes them) are read in place from the memory-mapped file where the backend can (no copy:
   // faster loads, pages shared between processes). The file must then not be modified or truncated while the
   // model lives. false: copy every weight into memory at load.
   bool mmap_weights = true;

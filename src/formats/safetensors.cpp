@@ -187,9 +187,10 @@ void SafetensorsFile::add_tensor(const std::string& name, const nlohmann::ordere
 
   t.nbytes = static_cast<size_t>(nbytes);
   const std::byte* p = data_base + begin;
+  t.mapped = nbytes != 0 && reinterpret_cast<uintptr_t>(p) % elem == 0;
   if (nbytes == 0) {
     p = kEmpty;
-  } else if (reinterpret_cast<uintptr_t>(p) % elem != 0) {  // keep the alignment promise: copy
+  } else if (!t.mapped) {  // keep the alignment promise: copy
     copies_.push_back(std::make_unique<std::byte[]>(t.nbytes));
     std::memcpy(copies_.back().get(), p, t.nbytes);
     p = copies_.back().get();

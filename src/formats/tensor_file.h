@@ -24,6 +24,9 @@ struct TensorRef {
   std::vector<int64_t> shape;
   const std::byte* data = nullptr;
   size_t nbytes = 0;
+  // data points into a read-only memory mapping of the file: its pages come from the page cache, and a
+  // reader may drop them (madvise MADV_DONTNEED) once done, to be mapped again if touched.
+  bool mapped = false;
 
   int64_t numel() const;
   std::string shape_string() const;  // e.g. "[64, 3, 7, 7]"
@@ -48,6 +51,7 @@ class TensorFile {
 // model.safetensors: memory-mapped, zero-copy. Throws perceiver::Error(ErrorKind::model, "<file>: ...").
 std::unique_ptr<TensorFile> open_safetensors(const std::filesystem::path& path);
 // pytorch_model.bin (torch.save zip + pickle), read by a restricted unpickler that never executes anything.
+// Stored, aligned storages are memory-mapped (CRC-checked); others are read into memory.
 std::unique_ptr<TensorFile> open_torch_zip(const std::filesystem::path& path);
 // Either of the above, chosen by the file's magic bytes.
 std::unique_ptr<TensorFile> open_weights(const std::filesystem::path& path);

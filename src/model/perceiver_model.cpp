@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <set>
 
@@ -49,9 +48,9 @@ struct Weight {
 // a file it makes up random weights of the requested shapes (Model::create_random).
 class WeightReader {
  public:
-  // mapped: the file is memory-mapped (safetensors): F32 tensors are views into it (Weight::mapped), whose
-  // pages populate() maps up front and release() may drop.
-  WeightReader(TensorFile& file, bool mapped) : file_(&file), mapped_(mapped) {}
+  // F32 tensors are used where the file holds them (zero-copy). Those in a memory mapping of the file
+  // (TensorRef::mapped) have their pages mapped up front by populate() and dropped by release().
+  explicit WeightReader(TensorFile& file) : file_(&file) {}
   explicit WeightReader(uint64_t seed) : rng_state_(seed * 0x9e3779b97f4a7c15ull + 1) {}
 
   Weight get(const std::string& name, const std::vector<int64_t>& shape) {
@@ -83,8 +82,8 @@ class WeightReader {
                     file_->path().string() + ": tensor '" + name + "' has dtype I64, expected a float");
       w.ref = t;
       if (t->dtype == DType::f32) {  // zero-copy
-        if (mapped_) populate(*t);
-        w.mapped = mapped_;
+        if (t->mapped) populate(*t);
+        w.mapped = t->mapped;
         w.data = reinterpret_cast<const float*>(t->data);
         w.size = count(shape);
         return w;
@@ -183,7 +182,6 @@ class WeightReader {
   }
 
   TensorFile* file_ = nullptr;
-  bool mapped_ = false;
   uint64_t rng_state_ = 0;
   std::set<std::string> used_;
   std::vector<std::string> missing_;
@@ -913,12 +911,7 @@ std::unique_ptr<Model> Model::load(const std::filesystem::path& model_dir, const
                   model_dir.string() + ": neither model.safetensors nor pytorch_model.bin found");
   }
   auto file = open_weights(weights_path);
-  // safetensors files are memory-mapped (tensor_file.h); a torch zip starts with "PK" and is read into
-  // memory.
-  char magic[2] = {};
-  std::ifstream(weights_path, std::ios::binary).read(magic, 2);
-  const bool mapped = !(magic[0] == 'P' && magic[1] == 'K');
-  WeightReader reader(*file, mapped);
+  WeightReader reader(*file);
   auto model = std::make_unique<PerceiverModel>(std::move(config), reader, options);
   model->keep_mapped_file(std::move(file));  // else the file and its mapping go away here
   return model;
