@@ -220,6 +220,30 @@ TEST(FastKernels, GeluMatchesTheExactErfForm) {
   }
   RecordProperty("worst_scaled_error", std::to_string(worst));
 }
+
+// The softmax's exp() gives 0, not a denormal, below exp(-86): denormal probabilities would make the P V
+// products take microcode assists. Above that it matches std::exp to 4e-7; the length has vector and tail
+// parts.
+TEST(FastKernels, SoftmaxExpNeverReturnsDenormals) {
+  std::vector<float> x = {0.0f,   -1.0f,  -20.5f,  -50.0f,  -85.9f,  -86.0f, -86.1f,
+                          -87.5f, -95.0f, -103.0f, -104.0f, -200.0f, -1e30f};
+  for (int i = 0; i < 40; ++i) x.push_back(-80.0f - 0.25f * float(i));  // across the threshold
+  ASSERT_NE(x.size() % 16, 0u);
+  std::vector<float> e = x;
+  const float sum = fast::exp_scaled_shifted_sum(e.data(), int(e.size()), 1.0f, 0.0f);
+  double want_sum = 0;
+  for (size_t j = 0; j < x.size(); ++j) {
+    SCOPED_TRACE(x[j]);
+    EXPECT_NE(std::fpclassify(e[j]), FP_SUBNORMAL);
+    if (x[j] >= kExpFlushBelow) {
+      EXPECT_NEAR(e[j], std::exp(double(x[j])), 4e-7 * std::exp(double(x[j])));
+      want_sum += std::exp(double(x[j]));
+    } else {
+      EXPECT_EQ(e[j], 0.0f);
+    }
+  }
+  EXPECT_NEAR(sum, want_sum, 1e-6 * want_sum);
+}
 #endif
 
 TEST_F(KernelTest, LayerNormMatchesReference) {
@@ -301,6 +325,7 @@ TEST_F(KernelTest, AttentionMatchesReference) {
       {2, 3, 3, 37, 20, 19, 0, 1.0f},        // few queries (keys read in place), several heads, odd widths
       {1, 3, 17, 17, 5, 7, 1, 1.0f},         // tiny, odd widths
       {1, 2, 65, 4099, 16, 16, 0, 4.0f},     // large scores: the running max changes between chunks
+      {1, 2, 40, 300, 16, 16, 0, 40.0f},     // huge score gaps: most exp() terms flushed to 0
   };
   for (const auto& c : cases)
     for (Precision p : {Precision::fp32, Precision::bf16})

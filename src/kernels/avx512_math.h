@@ -4,6 +4,8 @@
 
 #include <immintrin.h>
 
+#include "kernels/numerics.h"
+
 #define PCV_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma")))
 
 namespace perceiver::fast::avx512 {
@@ -12,8 +14,9 @@ namespace perceiver::fast::avx512 {
 PCV_AVX512 inline __mmask16 tail_mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
 
 // exp(x) for x <= ~88: x = k ln2 + r, |r| <= ln2/2, degree-6 Taylor polynomial for exp(r) (relative error
-// about 2e-7), then 2^k by vscalefps, which also gives 0 for very negative x.
+// about 2e-7), then 2^k by vscalefps; 0 below kExpFlushBelow.
 PCV_AVX512 inline __m512 exp512(__m512 x) {
+  const __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpFlushBelow), _CMP_GE_OQ);
   x = _mm512_max_ps(x, _mm512_set1_ps(-100.0f));
   const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -26,7 +29,7 @@ PCV_AVX512 inline __m512 exp512(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, k);
+  return _mm512_maskz_scalef_ps(normal, p, k);
 }
 
 // GELU(x) = 0.5 x (1 + erf(x / sqrt 2)), erf(x) = 1 - t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) exp(-x^2),

@@ -34,6 +34,7 @@
 #include "kernels/fast_gemm.h"
 #include "kernels/fast_kernels.h"
 #include "kernels/kernels.h"
+#include "kernels/numerics.h"
 #include "kernels/scratch.h"
 #include "perceiver/error.h"
 
@@ -531,7 +532,7 @@ void FastBackend::attention(const AttentionArgs& a) {
           if (c == 0) {
             row_sum[i] = sum;
           } else {
-            alpha[i] = std::exp(row_max[i] - m_new);
+            alpha[i] = exp_flushed(row_max[i] - m_new);
             row_sum[i] = row_sum[i] * alpha[i] + sum;
           }
           row_max[i] = m_new;

@@ -206,7 +206,7 @@ float row_max_scaled(const float* x, int n, float scale) {
 
 float exp_scaled_shifted_sum(float* x, int n, float scale, float shift) {
   float sum = 0;
-  for (int j = 0; j < n; ++j) sum += (x[j] = std::exp(x[j] * scale - shift));
+  for (int j = 0; j < n; ++j) sum += (x[j] = exp_flushed(x[j] * scale - shift));
   return sum;
 }
 
