@@ -185,6 +185,37 @@ TEST(FastGemm, KBlockingLeavesResultsBitIdentical) {
   }
 }
 
+// Denormal weights and biases are packed as 0, everything else bit for bit (as a [N, K] -> panels copy).
+TEST(FastGemm, PackingFlushesDenormalWeights) {
+  if (!fast::use_avx512()) GTEST_SKIP() << "this CPU has no AVX-512: fast_gemm does not run here";
+  const int K = 300, N = 70;
+  auto w = random_vector(size_t(N) * K, 45), bias = random_vector(N, 46);
+  for (size_t i = 0; i < w.size(); i += 7) w[i] *= 1e-39f;  // denormal (|w| < 1.2e-38), some become 0
+  bias[3] = 1e-40f;
+  bias[4] = -2e-38f;  // normal (FLT_MIN is 1.18e-38): kept
+  const fast::GemmWeights packed({w.data()}, {N}, {bias.data()}, K, 2, 128);
+  size_t flushed = 0;
+  for (int kb = 0; kb < packed.k_blocks(); ++kb)
+    for (int p = 0; p * fast::GemmWeights::kPanel < packed.padded_n(); ++p) {
+      const int k0 = packed.k_begin(kb), kc = packed.k_begin(kb + 1) - k0;
+      const int width =
+          std::min(fast::GemmWeights::kPanel, packed.padded_n() - p * fast::GemmWeights::kPanel);
+      for (int kk = 0; kk < kc; ++kk)
+        for (int j = 0; j < width; ++j) {
+          const int n = p * fast::GemmWeights::kPanel + j;
+          const float got = packed.panel(kb, p)[size_t(kk) * width + j];
+          const float want = n < N ? w[size_t(n) * K + k0 + kk] : 0.0f;
+          const bool denormal = std::fpclassify(want) == FP_SUBNORMAL;
+          ASSERT_EQ(got, denormal ? 0.0f : want) << "n " << n << ", k " << k0 + kk;
+          flushed += denormal;
+        }
+    }
+  EXPECT_GT(flushed, 100u);
+  EXPECT_EQ(packed.bias()[3], 0.0f);
+  EXPECT_EQ(packed.bias()[4], -2e-38f);
+  EXPECT_EQ(packed.bias()[5], bias[5]);
+}
+
 // The blocking follows the caches: the x strip fills at most half of L1d, a block of W about a quarter of L2.
 TEST(FastGemm, BlockingFitsTheCaches) {
   const fast::GemmBlocking& b = fast::gemm_blocking();

@@ -1,10 +1,10 @@
 // Hand-written AVX-512 fp32 GEMM for linear layers, y = x W^T + b (+ y): the fp32 path of the fast backend
 // on AVX-512 CPUs. The plain reference is ReferenceBackend::linear (reference.cpp); tests compare the two.
 //
-// Why not oneDNN here: on the model's linears (512x1024x1024 and x3072), 2 threads, weights coming from memory
-// as in the model, this kernel ran 4-9% faster than oneDNN 2.6's f32 matmul with weights it packed itself and
-// 11-13% faster than with weights read in place, side by side (build/bin/bench_gemm --weight-sets 24,
-// bench/README.md).
+// Why not oneDNN here: on the model's linears (512x1024x1024 and x3072), 2 threads, weights coming from
+// memory as in the model, this kernel ran 4-9% faster than oneDNN 2.6's f32 matmul with weights it packed
+// itself and 11-13% faster than with weights read in place, side by side (build/bin/bench_gemm --weight-sets
+// 24, bench/README.md).
 #pragma once
 
 #include <cstddef>
@@ -23,7 +23,8 @@ const GemmBlocking& gemm_blocking();
 
 // W [N, K] (PyTorch layout) packed for gemm_f32: K in blocks of up to kc_max rows; within a block, panels of
 // 64 output columns (the last one narrower, padded with zeros to a multiple of 16), each panel [kc][width].
-// The k-blocking does not change the results: every output sums its products in k order.
+// The k-blocking does not change the results: every output sums its products in k order. Denormal weights
+// and biases are packed as 0 (they would make the FMAs take microcode assists; their products are < 1e-33).
 class GemmWeights {
  public:
   static constexpr int kPanel = 64;  // output columns per panel (4 zmm vectors)
