@@ -185,6 +185,36 @@ TEST(FastGemm, KBlockingLeavesResultsBitIdentical) {
   }
 }
 
+// y += x W^T + b with a residual far larger than the products (the latents' residual stream reaches hundreds
+// while a layer adds a few units): the products must be summed at their own magnitude and the residual added
+// once, as PyTorch does, within 2 ulps of the exact result. Summing the products onto the residual rounds
+// each of them at the residual's size: about sqrt(K) ulps of error (40 here), which compounded to 7x HF's
+// error on the full-size model's logits. One k-block and several (partial sums kept apart).
+TEST(FastGemm, ResidualIsAddedAfterTheProducts) {
+  if (!fast::use_avx512()) GTEST_SKIP() << "this CPU has no AVX-512: fast_gemm does not run here";
+  const int K = 1024, N = 96, rows = 13;
+  const auto w = random_vector(size_t(N) * K, 51), bias = random_vector(N, 52),
+             x = random_vector(size_t(rows) * K, 53);
+  std::vector<float> residual = random_vector(size_t(rows) * N, 54, 500.0f, 1000.0f);
+  for (int kc : {1024, 256}) {
+    SCOPED_TRACE(::testing::Message() << "kc " << kc);
+    const fast::GemmWeights packed({w.data()}, {N}, {bias.data()}, K, 2, kc);
+    std::vector<float> y = residual;
+    fast::gemm_f32(packed, x.data(), K, rows, y.data(), N, /*accumulate=*/true, /*gelu=*/false, 2);
+    double worst_ulps = 0;
+    for (int r = 0; r < rows; ++r)
+      for (int n = 0; n < N; ++n) {
+        double exact = bias[n];
+        for (int k = 0; k < K; ++k) exact += double(x[size_t(r) * K + k]) * w[size_t(n) * K + k];
+        exact += residual[size_t(r) * N + n];
+        const float got = y[size_t(r) * N + n];
+        const double ulp = std::nextafter(got, INFINITY) - got;
+        worst_ulps = std::max(worst_ulps, std::abs(got - exact) / ulp);
+      }
+    EXPECT_LE(worst_ulps, 2.0);
+  }
+}
+
 // Denormal weights and biases are packed as 0, everything else bit for bit (as a [N, K] -> panels copy).
 TEST(FastGemm, PackingFlushesDenormalWeights) {
   if (!fast::use_avx512()) GTEST_SKIP() << "this CPU has no AVX-512: fast_gemm does not run here";

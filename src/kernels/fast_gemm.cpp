@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "kernels/avx512_math.h"
 #include "kernels/avx512_tile.h"
@@ -29,21 +31,32 @@ namespace {
 constexpr int kRows = 6;  // rows of the register tile
 constexpr int kPanel = GemmWeights::kPanel;
 
-// C[R, 16 NV] = (first ? init : C) + A[R, kc] B[kc, 16 NV]; A rows lda apart, B a packed panel (row stride
-// 16 NV), C rows ldc apart. init = bias (if any) + C (if accumulate). gelu: GELU before the store (on the
-// last k-block only). The last vector column stores only `last` lanes (1..16).
+// Where a register tile starts from and what it does after the products.
+struct TileIo {
+  const float* start = nullptr;  // partial sums of the earlier k-blocks (rows ld_start apart), or nullptr:
+  long ld_start = 0;             //   then the tile starts from the bias (or 0)
+  const float* bias = nullptr;
+  float* out = nullptr;  // rows ldo apart
+  long ldo = 0;
+  // out += the products: the residual already in `out` is added once after them, as (x W^T + b) + r is
+  // computed in PyTorch; summed into the accumulators first, each product would be rounded at the size of
+  // the residual stream (up to hundreds), and the error would grow through the 48 layers.
+  bool add_out = false;
+  bool gelu = false;  // GELU before the store (never with add_out)
+  int last = 16;      // lanes stored of the last vector column (1..16)
+};
+
+// out[R, 16 NV] = (start or bias) + A[R, kc] B[kc, 16 NV] (+ out); A rows lda apart, B a packed panel (row
+// stride 16 NV).
 template <int R, int NV>
-PCV_AVX512 inline void tile(const float* a, long lda, const float* b, int kc, float* c, long ldc, bool first,
-                            const float* bias, bool accumulate, bool gelu, int last) {
-  const __mmask16 tail = avx512::tail_mask(last);
+PCV_AVX512 inline void tile(const float* a, long lda, const float* b, int kc, const TileIo& io) {
+  const __mmask16 tail = avx512::tail_mask(io.last);
   auto mask = [&](int j) { return j == NV - 1 ? tail : __mmask16(0xffff); };
   __m512 acc[R][NV];
   for (int j = 0; j < NV; ++j) {
-    const __m512 init = first && bias ? _mm512_loadu_ps(bias + 16 * j) : _mm512_setzero_ps();
+    const __m512 bias = io.bias ? _mm512_loadu_ps(io.bias + 16 * j) : _mm512_setzero_ps();
     for (int i = 0; i < R; ++i)
-      acc[i][j] = !first || accumulate
-                      ? _mm512_add_ps(init, _mm512_maskz_loadu_ps(mask(j), c + i * ldc + 16 * j))
-                      : init;
+      acc[i][j] = io.start ? _mm512_maskz_loadu_ps(mask(j), io.start + i * io.ld_start + 16 * j) : bias;
   }
 #pragma GCC unroll 4
   for (int k = 0; k < kc; ++k) {
@@ -54,69 +67,84 @@ PCV_AVX512 inline void tile(const float* a, long lda, const float* b, int kc, fl
       for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
     }
   }
-  if (gelu)
+  if (io.add_out)
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < NV; ++j)
+        acc[i][j] = _mm512_add_ps(acc[i][j], _mm512_maskz_loadu_ps(mask(j), io.out + i * io.ldo + 16 * j));
+  if (io.gelu)
     for (int i = 0; i < R; ++i)
       for (int j = 0; j < NV; ++j) acc[i][j] = avx512::gelu512(acc[i][j]);
   for (int i = 0; i < R; ++i)
-    for (int j = 0; j < NV; ++j) _mm512_mask_storeu_ps(c + i * ldc + 16 * j, mask(j), acc[i][j]);
+    for (int j = 0; j < NV; ++j) _mm512_mask_storeu_ps(io.out + i * io.ldo + 16 * j, mask(j), acc[i][j]);
 }
 
 // The partial tiles: R < 6 rows (the last strip) and/or NV < 4 vectors (the last panel).
 template <int R>
-PCV_AVX512 void tile_nv(int nv, const float* a, long lda, const float* b, int kc, float* c, long ldc,
-                        bool first, const float* bias, bool accumulate, bool gelu, int last) {
+PCV_AVX512 void tile_nv(int nv, const float* a, long lda, const float* b, int kc, const TileIo& io) {
   switch (nv) {
     case 1:
-      return tile<R, 1>(a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+      return tile<R, 1>(a, lda, b, kc, io);
     case 2:
-      return tile<R, 2>(a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+      return tile<R, 2>(a, lda, b, kc, io);
     case 3:
-      return tile<R, 3>(a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+      return tile<R, 3>(a, lda, b, kc, io);
     default:
-      return tile<R, 4>(a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+      return tile<R, 4>(a, lda, b, kc, io);
   }
 }
 
-PCV_AVX512 void any_tile(int rows, int nv, const float* a, long lda, const float* b, int kc, float* c,
-                         long ldc, bool first, const float* bias, bool accumulate, bool gelu, int last) {
+PCV_AVX512 void any_tile(int rows, int nv, const float* a, long lda, const float* b, int kc,
+                         const TileIo& io) {
   switch (rows) {
     case 1:
-      return tile_nv<1>(nv, a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+      return tile_nv<1>(nv, a, lda, b, kc, io);
     case 2:
-      return tile_nv<2>(nv, a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+      return tile_nv<2>(nv, a, lda, b, kc, io);
     case 3:
-      return tile_nv<3>(nv, a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+      return tile_nv<3>(nv, a, lda, b, kc, io);
     case 4:
-      return tile_nv<4>(nv, a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+      return tile_nv<4>(nv, a, lda, b, kc, io);
     case 5:
-      return tile_nv<5>(nv, a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+      return tile_nv<5>(nv, a, lda, b, kc, io);
     default:
-      return tile_nv<6>(nv, a, lda, b, kc, c, ldc, first, bias, accumulate, gelu, last);
+      return tile_nv<6>(nv, a, lda, b, kc, io);
   }
 }
 
 // Rows [m0, m1) x panels [p0, p1) of y, all of k: panels_per_block panels at a time, so that the block of W
-// in use stays in L2 while the row strips pass over it.
+// in use stays in L2 while the row strips pass over it. The k-blocks before the last leave partial sums in
+// y, or, when y holds a residual to add (accumulate), in `partial` ((m1 - m0) x 64 panels_per_block floats).
 PCV_AVX512 void gemm_block(const GemmWeights& w, const float* x, long ldx, int m0, int m1, int p0, int p1,
-                           float* y, long ldy, bool accumulate, bool gelu) {
-  const int N = w.n(), panels_per_block = gemm_blocking().panels_per_block;
+                           float* y, long ldy, bool accumulate, bool gelu, float* partial) {
+  const int N = w.n(), panels_per_block = gemm_blocking().panels_per_block, k_blocks = w.k_blocks();
   for (int pb = p0; pb < p1; pb += panels_per_block) {
     const int pe = std::min(p1, pb + panels_per_block);
-    for (int kb = 0; kb < w.k_blocks(); ++kb) {
+    const long ld_partial = long(pe - pb) * kPanel;
+    for (int kb = 0; kb < k_blocks; ++kb) {
       const int k0 = w.k_begin(kb), kc = w.k_begin(kb + 1) - k0;
-      const bool first = kb == 0, gelu_now = gelu && kb + 1 == w.k_blocks();
+      const bool first = kb == 0, last_block = kb + 1 == k_blocks;
       for (int m = m0; m < m1; m += kRows) {
         const int rows = std::min(kRows, m1 - m);
         const float* a = x + size_t(m) * ldx + k0;
         for (int p = pb; p < pe; ++p) {
-          const int n0 = p * kPanel, width = std::min(kPanel, N - n0);
-          const int nv = (width + 15) / 16, last = width - 16 * (nv - 1);
-          const float* bias = w.bias() ? w.bias() + n0 : nullptr;
+          const int n0 = p * kPanel, width = std::min(kPanel, N - n0), nv = (width + 15) / 16;
           float* c = y + size_t(m) * ldy + n0;
-          if (rows == kRows && nv == 4 && last == 16)
-            tile<kRows, 4>(a, ldx, w.panel(kb, p), kc, c, ldy, first, bias, accumulate, gelu_now, 16);
+          // where the partial sums of this tile live between k-blocks
+          float* c_partial = accumulate ? partial + size_t(m - m0) * ld_partial + (p - pb) * kPanel : c;
+          const long ld_c_partial = accumulate ? ld_partial : ldy;
+          TileIo io;
+          io.start = first ? nullptr : c_partial;
+          io.ld_start = ld_c_partial;
+          io.bias = first && w.bias() ? w.bias() + n0 : nullptr;
+          io.out = last_block ? c : c_partial;
+          io.ldo = last_block ? ldy : ld_c_partial;
+          io.add_out = accumulate && last_block;
+          io.gelu = gelu && last_block;
+          io.last = width - 16 * (nv - 1);
+          if (rows == kRows && nv == 4 && io.last == 16)
+            tile<kRows, 4>(a, ldx, w.panel(kb, p), kc, io);
           else
-            any_tile(rows, nv, a, ldx, w.panel(kb, p), kc, c, ldy, first, bias, accumulate, gelu_now, last);
+            any_tile(rows, nv, a, ldx, w.panel(kb, p), kc, io);
         }
       }
     }
@@ -238,9 +266,22 @@ void gemm_f32(const GemmWeights& w, const float* x, long ldx, int rows, float* y
   const int panels = (w.n() + kPanel - 1) / kPanel;
   const int strips = (rows + kRows - 1) / kRows;
   const int T = std::max(1, std::min(threads, std::max(panels, strips)));
+  // Partial sums of a residual GEMM with several k-blocks (kept out of y, which holds the residual): per
+  // thread, grown once to the largest shape seen.
+  const bool partials = accumulate && w.k_blocks() > 1;
+  static std::vector<Scratch> partial_buffers;
+  static std::mutex partial_mutex;
+  std::unique_lock<std::mutex> lock(partial_mutex, std::defer_lock);
+  if (partials) {
+    lock.lock();  // callers on other threads (several models) share the buffers
+    if (int(partial_buffers.size()) < T) partial_buffers.resize(T);
+    for (int t = 0; t < T; ++t)
+      partial_buffers[t].reserve(sizeof(float) * rows * kPanel * gemm_blocking().panels_per_block);
+  }
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    float* partial = partials ? partial_buffers[t].as<float>() : nullptr;
     if (panels >= nt) {
       // Split the columns into blocks of panels (as many as stay in L2 together), handed out one at a time:
       // on a shared machine a thread that loses its core for a while does fewer blocks instead of holding
@@ -250,11 +291,11 @@ void gemm_f32(const GemmWeights& w, const float* x, long ldx, int rows, float* y
 #pragma omp for schedule(dynamic, 1) nowait
       for (int task = 0; task < tasks; ++task)
         gemm_block(w, x, ldx, 0, rows, task * per_task, std::min(panels, (task + 1) * per_task), y, ldy,
-                   accumulate, gelu);
+                   accumulate, gelu, partial);
     } else {  // split the rows, in whole strips
       const int m0 = std::min(rows, strips * t / nt * kRows),
                 m1 = std::min(rows, strips * (t + 1) / nt * kRows);
-      gemm_block(w, x, ldx, m0, m1, 0, panels, y, ldy, accumulate, gelu);
+      gemm_block(w, x, ldx, m0, m1, 0, panels, y, ldy, accumulate, gelu, partial);
     }
   }
 }
