@@ -15,10 +15,10 @@ constexpr int kTileLanes = 32;  // columns of a register tile (two zmm vectors)
 
 #define PCV_TILE_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13)
 
-// c[i][l] = sum_k a[k][i] b[k][l]  for i < R, l < 32.   a: [n][14] (row i of the tile is lane i), b: [n][32],
-// c: [R][32] dense.
+// c[i][l] = sum_k a[k][i] b[k][l] (+ c[i][l] when add)  for i < R, l < 32.   a: [n][14] (row i of the tile is
+// lane i), b: [n][32], c: [R][32] dense.
 template <int R>
-PCV_AVX512 inline void tile_kernel(const float* a, const float* b, int n, float* c) {
+PCV_AVX512 inline void tile_kernel(const float* a, const float* b, int n, float* c, bool add) {
 #define PCV_DECLARE(i) [[maybe_unused]] __m512 c##i##lo = _mm512_setzero_ps(), c##i##hi = _mm512_setzero_ps();
   PCV_TILE_ROWS(PCV_DECLARE)
 #undef PCV_DECLARE
@@ -37,6 +37,15 @@ PCV_AVX512 inline void tile_kernel(const float* a, const float* b, int n, float*
     PCV_TILE_ROWS(PCV_STEP)
 #undef PCV_STEP
   }
+#define PCV_ADD(i)                                                                \
+  if constexpr (i < R) {                                                          \
+    c##i##lo = _mm512_add_ps(c##i##lo, _mm512_loadu_ps(c + (i)*kTileLanes));      \
+    c##i##hi = _mm512_add_ps(c##i##hi, _mm512_loadu_ps(c + (i)*kTileLanes + 16)); \
+  }
+  if (add) {
+    PCV_TILE_ROWS(PCV_ADD)
+  }
+#undef PCV_ADD
 #define PCV_STORE(i)                                     \
   if constexpr (i < R) {                                 \
     _mm512_storeu_ps(c + (i)*kTileLanes, c##i##lo);      \
@@ -46,36 +55,36 @@ PCV_AVX512 inline void tile_kernel(const float* a, const float* b, int n, float*
 #undef PCV_STORE
 }
 
-PCV_AVX512 inline void tile(int rows, const float* a, const float* b, int n, float* c) {
+PCV_AVX512 inline void tile(int rows, const float* a, const float* b, int n, float* c, bool add = false) {
   switch (rows) {
     case 14:
-      return tile_kernel<14>(a, b, n, c);
+      return tile_kernel<14>(a, b, n, c, add);
     case 13:
-      return tile_kernel<13>(a, b, n, c);
+      return tile_kernel<13>(a, b, n, c, add);
     case 12:
-      return tile_kernel<12>(a, b, n, c);
+      return tile_kernel<12>(a, b, n, c, add);
     case 11:
-      return tile_kernel<11>(a, b, n, c);
+      return tile_kernel<11>(a, b, n, c, add);
     case 10:
-      return tile_kernel<10>(a, b, n, c);
+      return tile_kernel<10>(a, b, n, c, add);
     case 9:
-      return tile_kernel<9>(a, b, n, c);
+      return tile_kernel<9>(a, b, n, c, add);
     case 8:
-      return tile_kernel<8>(a, b, n, c);
+      return tile_kernel<8>(a, b, n, c, add);
     case 7:
-      return tile_kernel<7>(a, b, n, c);
+      return tile_kernel<7>(a, b, n, c, add);
     case 6:
-      return tile_kernel<6>(a, b, n, c);
+      return tile_kernel<6>(a, b, n, c, add);
     case 5:
-      return tile_kernel<5>(a, b, n, c);
+      return tile_kernel<5>(a, b, n, c, add);
     case 4:
-      return tile_kernel<4>(a, b, n, c);
+      return tile_kernel<4>(a, b, n, c, add);
     case 3:
-      return tile_kernel<3>(a, b, n, c);
+      return tile_kernel<3>(a, b, n, c, add);
     case 2:
-      return tile_kernel<2>(a, b, n, c);
+      return tile_kernel<2>(a, b, n, c, add);
     case 1:
-      return tile_kernel<1>(a, b, n, c);
+      return tile_kernel<1>(a, b, n, c, add);
     default:
       return;
   }

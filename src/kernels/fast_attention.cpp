@@ -38,6 +38,10 @@ constexpr int kLanes = kTileLanes;  // queries per register tile
 // Fewer queries than this per (batch, head) (the classification decoder has one) skip the register tiles:
 // packing the keys would cost more than the products.
 constexpr int kFewQueries = 4;
+// Sums over more keys than this (the 3025-pixel cross-attention's weighted sum and softmax denominator) are
+// made of chunk sums, each from zero: one running fp32 sum over thousands of terms rounds every term at the
+// total's size, and its relative error grows with the square root of their number.
+constexpr int kKeyChunk = 512;
 
 // Columns of st [n][32]: p = exp(s * scale - max_j(s_j * scale)) in place; returns the column sums in
 // sum[32].
@@ -49,14 +53,19 @@ PCV_AVX512 void softmax_columns(float* st, int n, float scale, float* sum) {
     m_hi = _mm512_max_ps(m_hi, _mm512_mul_ps(_mm512_loadu_ps(st + size_t(j) * kLanes + 16), vs));
   }
   __m512 s_lo = _mm512_setzero_ps(), s_hi = _mm512_setzero_ps();
-  for (int j = 0; j < n; ++j) {
-    float* row = st + size_t(j) * kLanes;
-    const __m512 e_lo = avx512::exp512(_mm512_fmsub_ps(_mm512_loadu_ps(row), vs, m_lo));
-    const __m512 e_hi = avx512::exp512(_mm512_fmsub_ps(_mm512_loadu_ps(row + 16), vs, m_hi));
-    _mm512_storeu_ps(row, e_lo);
-    _mm512_storeu_ps(row + 16, e_hi);
-    s_lo = _mm512_add_ps(s_lo, e_lo);
-    s_hi = _mm512_add_ps(s_hi, e_hi);
+  for (int j0 = 0; j0 < n; j0 += kKeyChunk) {
+    __m512 c_lo = _mm512_setzero_ps(), c_hi = _mm512_setzero_ps();
+    for (int j = j0; j < std::min(n, j0 + kKeyChunk); ++j) {
+      float* row = st + size_t(j) * kLanes;
+      const __m512 e_lo = avx512::exp512(_mm512_fmsub_ps(_mm512_loadu_ps(row), vs, m_lo));
+      const __m512 e_hi = avx512::exp512(_mm512_fmsub_ps(_mm512_loadu_ps(row + 16), vs, m_hi));
+      _mm512_storeu_ps(row, e_lo);
+      _mm512_storeu_ps(row + 16, e_hi);
+      c_lo = _mm512_add_ps(c_lo, e_lo);
+      c_hi = _mm512_add_ps(c_hi, e_hi);
+    }
+    s_lo = _mm512_add_ps(s_lo, c_lo);
+    s_hi = _mm512_add_ps(s_hi, c_hi);
   }
   _mm512_storeu_ps(sum, s_lo);
   _mm512_storeu_ps(sum + 16, s_hi);
@@ -188,8 +197,9 @@ void AttentionFp32::run(const AttentionArgs& a, int threads) {
       softmax_columns(st, nk, a.scale, col_sum);
       const float* v_blocks = vp + bh * v_head;
       for (size_t cb = 0; cb < channel_blocks; ++cb)
-        tile(std::min(kRows, dv - int(cb) * kRows), v_blocks + cb * nk * kRows, st, nk,
-             ot + cb * kRows * kLanes);
+        for (int j0 = 0; j0 < nk; j0 += kKeyChunk)
+          tile(std::min(kRows, dv - int(cb) * kRows), v_blocks + (cb * nk + j0) * kRows,
+               st + size_t(j0) * kLanes, std::min(kKeyChunk, nk - j0), ot + cb * kRows * kLanes, j0 > 0);
       float inv[kLanes];
       for (int l = 0; l < kLanes; ++l) inv[l] = 1.0f / col_sum[l];
       for (int half = 0; half * 16 < queries; ++half) {
