@@ -70,6 +70,18 @@ double peak_rss_mb() {
   return ru.ru_maxrss / 1024.0;
 }
 
+// The CPU's name as the kernel reports it ("model name" in /proc/cpuinfo), or "unknown".
+std::string cpu_name() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line))
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
+      const size_t value = line.find_first_not_of(" \t", line.find(':') + 1);
+      return value == std::string::npos ? "unknown" : line.substr(value);
+    }
+  return "unknown";
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
@@ -149,6 +161,7 @@ void run_bench(const BenchArgs& args) {
     j["model"] = model_name;
     j["architecture"] = info.architecture;
     j["backend"] = info.backend;
+    j["cpu"] = cpu_name();
     j["precision"] = args.precision;
     j["weights_in_place"] = info.weights_in_place;
     j["threads"] = threads;
@@ -174,6 +187,7 @@ void run_bench(const BenchArgs& args) {
   std::printf("model:      %s\n", model_name.c_str());
   std::printf("backend:    %s, %s, %d thread%s\n", info.backend.c_str(), args.precision.c_str(), threads,
               threads == 1 ? "" : "s");
+  std::printf("cpu:        %s\n", cpu_name().c_str());
   std::printf("input:      batch %d x 3 x %d x %d, %.1f GFLOP per image\n", B, height, width, flops / 1e9);
   std::printf("load:       %.1f ms\n", load_ms);
   std::printf("latency:    min %.1f ms, median %.1f ms per batch (%d iterations after %d warm-up)\n", mn, med,

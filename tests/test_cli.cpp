@@ -133,6 +133,42 @@ TEST(Cli, BadInputsFailCleanlyWithoutPartialOutput) {
   EXPECT_EQ(files, 2);
 }
 
+// perceiver bench --json: one object with the fields the benchmark scripts read, consistent with each other,
+// from both weight files and both precisions.
+TEST(Cli, BenchJsonReportsConsistentTimings) {
+  auto dir = test::vectors_dir() / "conv-tiny";
+  for (std::string weights : {"model.safetensors", "pytorch_model.bin"})
+    for (std::string precision : {"fp32", "bf16"}) {
+      SCOPED_TRACE(weights + " " + precision);
+      std::string output;
+      ASSERT_EQ(test::run_command(cli() + " bench --json --model " + quote(dir) + " --weights " +
+                                      quote(dir / weights) + " --precision " + precision +
+                                      " --batch 2 --iters 3 --warmup 1 --threads 2 2>/dev/null",
+                                  &output),
+                0)
+          << output;
+      const auto j = nlohmann::json::parse(output);
+      for (const char* key : {"median_ms", "min_ms", "images_per_s", "gflops_per_s", "peak_rss_mb", "load_ms",
+                              "median_ms_per_image", "gflop_per_image", "times_ms", "cpu", "backend"})
+        ASSERT_TRUE(j.contains(key)) << key;
+      ASSERT_EQ(j["times_ms"].size(), 3u);
+      const double median = j["median_ms"], min = j["min_ms"];
+      EXPECT_GT(min, 0.0);
+      EXPECT_LE(min, median);
+      EXPECT_EQ(j["batch"], 2);
+      EXPECT_EQ(j["precision"], precision);
+      EXPECT_NEAR(j["median_ms_per_image"].get<double>(), median / 2, 1e-9 * median);
+      EXPECT_NEAR(j["images_per_s"].get<double>(), 2000.0 / median, 1e-9 * 2000.0 / median);
+      EXPECT_NEAR(j["gflops_per_s"].get<double>(),
+                  j["gflop_per_image"].get<double>() * j["images_per_s"].get<double>(),
+                  1e-9 * j["gflops_per_s"].get<double>());
+      EXPECT_GT(j["gflop_per_image"].get<double>(), 0.0);
+      EXPECT_GT(j["load_ms"].get<double>(), 0.0);
+      EXPECT_GE(j["peak_rss_mb"].get<double>(), j["peak_rss_after_load_mb"].get<double>());
+      EXPECT_FALSE(j["cpu"].get<std::string>().empty());
+    }
+}
+
 TEST(Cli, HelpDescribesEverySubcommand) {
   std::string output;
   ASSERT_EQ(test::run_command(cli() + " --help", &output), 0);
