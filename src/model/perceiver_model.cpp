@@ -113,9 +113,9 @@ class WeightReader {
   void release(const Weight& w, const PackedLinear& packed) const {
     if (!packed.reads_in_place) release(w);
   }
-  // The same, for a tensor that nothing reads any more. A file read into memory (pytorch_model.bin) frees
-  // the tensor's storage once all its tensors are released: loading then never holds the whole file and
-  // all the packed weights at once.
+  // The same, for a tensor that nothing reads any more. Mapped tensors give their pages back; storages read
+  // into memory (pytorch_model.bin's compressed or misaligned entries) are freed once all their tensors are
+  // released: loading then never holds the whole file and all the packed weights at once.
   void release(const Weight& w) const {
     if (!w.ref || w.ref->nbytes == 0) return;
     if (!w.mapped) {
