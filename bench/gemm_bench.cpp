@@ -90,11 +90,13 @@ int main(int argc, char** argv) {
   memory y1(c_md, eng, y_inplace.data()), y2(c_md, eng, y_packed.data());
   st.wait();
 
+  perceiver::Scratch scratch;
   Timing ours, inplace, onednn_packed;
   for (int r = -3; r < reps; ++r) {  // 3 warm-up rounds
     const size_t set = size_t(r + 3) % w.size();
     double t0 = seconds_now();
-    perceiver::fast::gemm_f32(packed[set], x.data(), in, rows, y_ours.data(), out, false, false, threads);
+    perceiver::fast::gemm_f32(packed[set], x.data(), in, rows, y_ours.data(), out, false, false, threads,
+                              scratch);
     double t1 = seconds_now();
     mm_inplace.execute(st, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm[set]}, {DNNL_ARG_DST, y1}});
     st.wait();

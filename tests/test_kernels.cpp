@@ -171,7 +171,8 @@ TEST(FastGemm, KBlockingLeavesResultsBitIdentical) {
       const fast::GemmWeights packed({w.data()}, {N}, {bias.data()}, K, 2, kc);
       ASSERT_EQ(packed.k_blocks(), (K + kc - 1) / kc);
       std::vector<float> y = accumulate ? residual : std::vector<float>(size_t(rows) * N);
-      fast::gemm_f32(packed, x.data(), K, rows, y.data(), N, accumulate, gelu, 2);
+      Scratch scratch;
+      fast::gemm_f32(packed, x.data(), K, rows, y.data(), N, accumulate, gelu, 2, scratch);
       outputs.push_back(y);
     }
     EXPECT_EQ(outputs[0], outputs[1]);
@@ -200,7 +201,8 @@ TEST(FastGemm, ResidualIsAddedAfterTheProducts) {
     SCOPED_TRACE(::testing::Message() << "kc " << kc);
     const fast::GemmWeights packed({w.data()}, {N}, {bias.data()}, K, 2, kc);
     std::vector<float> y = residual;
-    fast::gemm_f32(packed, x.data(), K, rows, y.data(), N, /*accumulate=*/true, /*gelu=*/false, 2);
+    Scratch scratch;
+    fast::gemm_f32(packed, x.data(), K, rows, y.data(), N, /*accumulate=*/true, /*gelu=*/false, 2, scratch);
     double worst_ulps = 0;
     for (int r = 0; r < rows; ++r)
       for (int n = 0; n < N; ++n) {

@@ -2,6 +2,7 @@
 #include "formats/tensor_file.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -65,6 +66,30 @@ const TensorRef* TensorFile::find(std::string_view name) const {
   for (const TensorRef& t : tensors_)
     if (t.name == name) return &t;
   return nullptr;
+}
+
+namespace {
+uintptr_t page_size() {
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  return page;
+}
+}  // namespace
+
+void populate_mapped(const std::byte* data, size_t nbytes) {
+#ifdef MADV_POPULATE_READ
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data) / page_size() * page_size();
+  const uintptr_t end = reinterpret_cast<uintptr_t>(data) + nbytes;
+  if (nbytes > 0) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ);
+#else
+  (void)data, (void)nbytes;
+#endif
+}
+
+void drop_mapped(const std::byte* data, size_t nbytes) {
+  // Only pages wholly inside the range: the rest may hold bytes of another tensor still in use.
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page_size() - 1) / page_size() * page_size();
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + nbytes) / page_size() * page_size();
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 std::string printable(std::string_view text, size_t max_chars) {

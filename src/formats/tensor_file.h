@@ -56,6 +56,14 @@ std::unique_ptr<TensorFile> open_torch_zip(const std::filesystem::path& path);
 // Either of the above, chosen by the file's magic bytes.
 std::unique_ptr<TensorFile> open_weights(const std::filesystem::path& path);
 
+// Page hints for bytes in a read-only memory mapping of a weight file (TensorRef::mapped). Best effort.
+// Maps in the pages of [data, data + nbytes) in one system call (MADV_POPULATE_READ, Linux 5.14+), before a
+// pass over them: one page fault per 4 KB page costs more than the pass itself.
+void populate_mapped(const std::byte* data, size_t nbytes);
+// Gives back the whole pages inside [data, data + nbytes) (MADV_DONTNEED): touched again, they are read back
+// from the page cache. Keeps the file's pages and what was made of them out of the resident set together.
+void drop_mapped(const std::byte* data, size_t nbytes);
+
 // Converts any floating tensor to fp32 (F16/BF16 widened exactly). Throws for I64.
 std::vector<float> tensor_to_f32(const TensorRef& tensor, const std::filesystem::path& file);
 

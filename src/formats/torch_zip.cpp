@@ -278,7 +278,6 @@ Buffer TorchZipFile::map_entry(zip_int64_t index, const std::string& name, uint6
 // weights at once.
 void TorchZipFile::check_mapped_crcs() {
   size_t bad = unchecked_.size();
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
 #pragma omp parallel for schedule(dynamic, 1)
   for (size_t i = 0; i < unchecked_.size(); ++i) {
     const Unchecked& e = unchecked_[i];
@@ -286,9 +285,7 @@ void TorchZipFile::check_mapped_crcs() {
 #pragma omp critical(torch_zip_crc)
       bad = std::min(bad, i);
     }
-    const uintptr_t begin = (reinterpret_cast<uintptr_t>(e.data) + page - 1) / page * page;
-    const uintptr_t end = (reinterpret_cast<uintptr_t>(e.data) + e.size) / page * page;
-    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+    drop_mapped(e.data, e.size);
   }
   if (bad < unchecked_.size()) fail(unchecked_[bad].where + ": CRC error");
   unchecked_.clear();

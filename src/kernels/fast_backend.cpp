@@ -359,12 +359,12 @@ class FastBackend final : public Backend {
     if (act == Activation::gelu && residual) {  // y += gelu(x W^T + b): the GELU comes before the sum
       gemm_scratch_.reserve(sizeof(float) * size_t(rows) * N);
       float* t = gemm_scratch_.as<float>();
-      fast::gemm_f32(*w.own, x, ldx, rows, t, N, false, true, threads_);
+      fast::gemm_f32(*w.own, x, ldx, rows, t, N, false, true, threads_, gemm_partials_);
 #pragma omp parallel for num_threads(threads_) schedule(static)
       for (int m = 0; m < rows; ++m) fast::scale_add(t + size_t(m) * N, N, 1.0f, y + m * ldy);
       return;
     }
-    fast::gemm_f32(*w.own, x, ldx, rows, y, ldy, residual, act == Activation::gelu, threads_);
+    fast::gemm_f32(*w.own, x, ldx, rows, y, ldy, residual, act == Activation::gelu, threads_, gemm_partials_);
   }
 
   Profile profile_;
@@ -372,7 +372,8 @@ class FastBackend final : public Backend {
   dnnl::engine engine_;
   std::vector<dnnl::stream> streams_;  // one per thread
   Scratch gemm_scratch_, bf16_input_;
-  Scratch heads_;  // per-head dense Q, K, V (fp32 or bf16)
+  Scratch gemm_partials_;  // fast::gemm_f32's partial sums of residual GEMMs with several k-blocks
+  Scratch heads_;          // per-head dense Q, K, V (fp32 or bf16)
   std::vector<Scratch>
       thread_scratch_;  // per thread: scores, bf16 probabilities, output tile, oneDNN scratchpad
   std::vector<std::unique_ptr<AttentionPlan>> plans_;

@@ -18,7 +18,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <mutex>
 #include <vector>
 
 #include "kernels/avx512_math.h"
@@ -260,28 +259,21 @@ GemmWeights::GemmWeights(const std::vector<const float*>& parts, const std::vect
 }
 
 void gemm_f32(const GemmWeights& w, const float* x, long ldx, int rows, float* y, long ldy, bool accumulate,
-              bool gelu, int threads) {
+              bool gelu, int threads, Scratch& scratch) {
   if (gelu && accumulate) throw Error(ErrorKind::internal, "gemm_f32: GELU applies before a residual sum");
   if (rows <= 0) return;
   const int panels = (w.n() + kPanel - 1) / kPanel;
   const int strips = (rows + kRows - 1) / kRows;
   const int T = std::max(1, std::min(threads, std::max(panels, strips)));
-  // Partial sums of a residual GEMM with several k-blocks (kept out of y, which holds the residual): per
-  // thread, grown once to the largest shape seen.
+  // Partial sums of a residual GEMM with several k-blocks (kept out of y, which holds the residual): rows x
+  // one block of panels per thread.
   const bool partials = accumulate && w.k_blocks() > 1;
-  static std::vector<Scratch> partial_buffers;
-  static std::mutex partial_mutex;
-  std::unique_lock<std::mutex> lock(partial_mutex, std::defer_lock);
-  if (partials) {
-    lock.lock();  // callers on other threads (several models) share the buffers
-    if (int(partial_buffers.size()) < T) partial_buffers.resize(T);
-    for (int t = 0; t < T; ++t)
-      partial_buffers[t].reserve(sizeof(float) * rows * kPanel * gemm_blocking().panels_per_block);
-  }
+  const size_t partial_floats = size_t(rows) * kPanel * gemm_blocking().panels_per_block;
+  if (partials) scratch.reserve(sizeof(float) * partial_floats * T);
 #pragma omp parallel num_threads(T)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    float* partial = partials ? partial_buffers[t].as<float>() : nullptr;
+    float* partial = partials ? scratch.as<float>() + partial_floats * t : nullptr;
     if (panels >= nt) {
       // Split the columns into blocks of panels (as many as stay in L2 together), handed out one at a time:
       // on a shared machine a thread that loses its core for a while does fewer blocks instead of holding

@@ -55,8 +55,10 @@ class GemmWeights {
 };
 
 // y[m, :N] = x[m, :K] W^T + bias (+ y[m, :N] when accumulate; else GELU of it when gelu), m < rows. x rows
-// ldx apart, y rows ldy apart. Needs AVX-512 (use_avx512()).
+// ldx apart, y rows ldy apart. scratch: the caller's, grown here when a residual GEMM with several k-blocks
+// needs room for its partial sums (then the same shape allocates nothing again). Needs AVX-512
+// (use_avx512()).
 void gemm_f32(const GemmWeights& w, const float* x, long ldx, int rows, float* y, long ldy, bool accumulate,
-              bool gelu, int threads);
+              bool gelu, int threads, Scratch& scratch);
 
 }  // namespace perceiver::fast

@@ -2,8 +2,6 @@
 //   PerceiverForImageClassificationConvProcessing / ...Fourier / ...Learned.
 // Shapes: B batch, N input tokens, C input channels (322/261/512), L latents, D latent width.
 #include <omp.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -49,7 +47,7 @@ struct Weight {
 class WeightReader {
  public:
   // F32 tensors are used where the file holds them (zero-copy). Those in a memory mapping of the file
-  // (TensorRef::mapped) have their pages mapped up front by populate() and dropped by release().
+  // (TensorRef::mapped) have their pages mapped up front (populate_mapped) and dropped by release().
   explicit WeightReader(TensorFile& file) : file_(&file) {}
   explicit WeightReader(uint64_t seed) : rng_state_(seed * 0x9e3779b97f4a7c15ull + 1) {}
 
@@ -81,8 +79,8 @@ class WeightReader {
         throw Error(ErrorKind::model,
                     file_->path().string() + ": tensor '" + name + "' has dtype I64, expected a float");
       w.ref = t;
-      if (t->dtype == DType::f32) {  // zero-copy
-        if (t->mapped) populate(*t);
+      if (t->dtype == DType::f32) {  // zero-copy; mapped pages in one system call, not a fault per page
+        if (t->mapped) populate_mapped(t->data, t->nbytes);
         w.mapped = t->mapped;
         w.data = reinterpret_cast<const float*>(t->data);
         w.size = count(shape);
@@ -93,19 +91,6 @@ class WeightReader {
     w.data = w.owned.data();
     w.size = w.owned.size();
     return w;
-  }
-
-  // Maps the tensor's file pages in one system call before packing reads them: one page fault per 4 KB page
-  // costs more than the packing itself. Best effort (MADV_POPULATE_READ needs Linux 5.14).
-  static void populate(const TensorRef& t) {
-#ifdef MADV_POPULATE_READ
-    static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-    const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data) / page * page;
-    const uintptr_t end = reinterpret_cast<uintptr_t>(t.data) + t.nbytes;
-    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ);
-#else
-    (void)t;
-#endif
   }
 
   // The tensor has been packed (copied) and is not needed any more: give its file pages back, so that the
@@ -122,11 +107,7 @@ class WeightReader {
       if (file_) file_->release(*w.ref);
       return;
     }
-    static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-    const uintptr_t begin = (reinterpret_cast<uintptr_t>(w.ref->data) + page - 1) / page * page;
-    const uintptr_t end = (reinterpret_cast<uintptr_t>(w.ref->data) + w.ref->nbytes) / page * page;
-    // Read-only private file mapping: the pages are re-read from the page cache should anything touch them.
-    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+    drop_mapped(w.ref->data, w.ref->nbytes);
   }
 
   // Every needed tensor present, nothing unexpected left over (BatchNorm's num_batches_tracked is ignored).
