@@ -7,6 +7,7 @@
 // 24, bench/README.md).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <vector>
 
@@ -44,6 +45,8 @@ class GemmWeights {
     const int k0 = k_begin_[kb], kc = k_begin_[kb + 1] - k0;
     return data_.as<float>() + size_t(k0) * n_pad_ + size_t(kc) * kPanel * p;
   }
+  // Floats per row of panel p.
+  int panel_width(int p) const { return std::min(kPanel, n_pad_ - kPanel * p); }
   const float* bias() const { return has_bias_ ? bias_.as<float>() : nullptr; }  // [padded_n]
   size_t bytes() const { return sizeof(float) * (size_t(k_) * n_pad_ + (has_bias_ ? n_pad_ : 0)); }
 
