@@ -2,8 +2,9 @@
 // one broadcast of x). Blocking: per thread a range of 64-column panels (or of row strips when there are
 // fewer panels than threads); k in blocks of up to kc (1024 with a 48 KB L1d), so that the 6 x kc strip of x
 // stays in L1 while a panel of W (kc x 64 floats) streams from L2; a few panels at a time (L2 / 4 of them),
-// all row strips passing over them. On the model's linears with weights from memory, kc 1024 with 2 panels
-// per block ran the fp32 model 6-7% faster than kc 512 with 8 panels (2 MB L2, 48 KB L1d).
+// all row strips passing over them, each block prefetched into L2 in one burst first (prefetch_to_l2). On the
+// model's linears with weights from memory, kc 1024 with 2 panels per block ran the fp32 model 6-7% faster
+// than kc 512 with 8 panels (2 MB L2, 48 KB L1d).
 #include "kernels/fast_gemm.h"
 
 // GCC 12's AVX-512 headers trip -Wuninitialized on their own _mm512_undefined_*() (GCC bug 105593).
