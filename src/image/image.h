@@ -6,19 +6,12 @@
 #include <string>
 #include <vector>
 
+#include "perceiver/image.h"
+
 namespace perceiver {
 
-// 8-bit RGB image, interleaved rows: rgb[(y * width + x) * 3 + c].
-struct ImageU8 {
-  int width = 0;
-  int height = 0;
-  std::vector<uint8_t> rgb;
-};
-
-struct DecodeOptions {
-  // Pillow's Image.MAX_IMAGE_PIXELS: refuse images above 2x this (Pillow raises DecompressionBombError).
-  int64_t max_pixels = 89478485;
-};
+// The public 8-bit RGB image and decode limits (include/perceiver/image.h).
+using ImageU8 = Image;
 
 // Decodes JPEG / PNG / WebP (by magic bytes), applies the EXIF orientation, converts to RGB as Pillow's
 // convert("RGB") does. Throws perceiver::Error(ErrorKind::bad_input, "<file>: ...") where Pillow would

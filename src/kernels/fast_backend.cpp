@@ -28,11 +28,13 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/fast_attention.h"
 #include "kernels/fast_gemm.h"
 #include "kernels/fast_kernels.h"
+#include "kernels/image_ops.h"
 #include "kernels/kernels.h"
 #include "kernels/numerics.h"
 #include "kernels/scratch.h"
@@ -99,21 +101,13 @@ dt dtype_of(Precision p) { return p == Precision::bf16 ? dt::bf16 : dt::f32; }
 // in place (fp32 from a mapped file) as the caller's PyTorch-layout [N, K] matrix, i.e. K x N with strides
 // (1, K), oneDNN's "ba". On the model's shapes brgemm runs as fast on those as on packed weights
 // (512x1024x{1024,3072}: within 1%) as long as it writes dense output rows. Primitives are cached per (rows,
-// strides, epilogue).
+// strides, epilogue) in the executing backend: the packed layer itself is immutable, shared by threads.
 class FastLinear : public PackedLinear {
  public:
   Precision precision = Precision::fp32;
   md weight_md;
   dnnl::memory weights, bias;  // packed weights and the bias own their buffers; in-place weights do not
   std::unique_ptr<fast::GemmWeights> own;  // fp32 on AVX-512: our GEMM (fast_gemm.h) instead of oneDNN
-  struct Entry {
-    int rows;
-    long ldx, ldy;
-    Activation act;
-    bool sum;
-    std::unique_ptr<Gemm> gemm;
-  };
-  std::vector<Entry> cache;
 };
 
 // Query rows per tile of the oneDNN attention (bf16, and fp32 without AVX-512): 256 ran the bf16 model 4%
@@ -181,13 +175,30 @@ class Profile {
 
 class FastBackend final : public Backend {
  public:
-  explicit FastBackend(int threads)
-      : threads_(threads > 0 ? threads : omp_get_num_procs()), engine_(dnnl::engine::kind::cpu, 0) {
+  explicit FastBackend(int threads) : FastBackend(threads, dnnl::engine(dnnl::engine::kind::cpu, 0)) {}
+  // One CPU engine for a backend and its clones: what one packs, the others run.
+  FastBackend(int threads, const dnnl::engine& engine)
+      : threads_(threads > 0 ? threads : omp_get_num_procs()), engine_(engine) {
     for (int t = 0; t < threads_; ++t) streams_.emplace_back(engine_);
     thread_scratch_.resize(threads_);
   }
 
   std::string name() const override { return "fast"; }
+  std::unique_ptr<Backend> clone() const override { return std::make_unique<FastBackend>(threads_, engine_); }
+  int threads() const override { return threads_; }
+
+  void im2col(const float* image, int channels, int height, int width, int kernel, int stride, int pad,
+              int out_h, int out_w, int row0, int rows, float* col) override {
+    image_ops::im2col(image, channels, height, width, kernel, stride, pad, out_h, out_w, row0, rows, col,
+                      threads_);
+  }
+  void scale_shift_relu(float* x, long tokens, int channels, const float* scale, const float* shift) override {
+    image_ops::scale_shift_relu(x, tokens, channels, scale, shift, threads_);
+  }
+  void max_pool(const float* x, int batch, int height, int width, int channels, int kernel, int stride,
+                float* out, long out_ld) override {
+    image_ops::max_pool(x, batch, height, width, channels, kernel, stride, out, out_ld, threads_);
+  }
 
   // fp32 on AVX-512 runs our own GEMM, which wants its packed layout; elsewhere oneDNN reads fp32 in place.
   bool reads_in_place(Precision precision) const override {
@@ -265,7 +276,7 @@ class FastBackend final : public Backend {
               Activation act, const float* residual) override {
     if (rows <= 0) return;
     ThreadCount tc(threads_);
-    auto& w = const_cast<FastLinear&>(static_cast<const FastLinear&>(packed));
+    const auto& w = static_cast<const FastLinear&>(packed);
     const int K = w.in_features, N = w.out_features;
     std::optional<Profile::Scope> prof;
     if (profile_.on)
@@ -334,8 +345,9 @@ class FastBackend final : public Backend {
     return m;
   }
 
-  Gemm& linear_gemm(FastLinear& w, int rows, long lda, long ldy, Activation act, bool sum) {
-    for (auto& e : w.cache)
+  Gemm& linear_gemm(const FastLinear& w, int rows, long lda, long ldy, Activation act, bool sum) {
+    std::vector<GemmEntry>& cache = gemm_cache_[&w];
+    for (auto& e : cache)
       if (e.rows == rows && e.ldx == lda && e.ldy == ldy && e.act == act && e.sum == sum) return *e.gemm;
     const dt adt = dtype_of(w.precision);
     md a({rows, w.in_features}, adt, dims{lda, 1});
@@ -351,8 +363,8 @@ class FastBackend final : public Backend {
     g->mem_b[0] = w.weights;
     g->bias = w.bias;
     gemm_scratch_.reserve(g->scratch_bytes());
-    w.cache.push_back({rows, lda, ldy, act, sum, std::move(g)});
-    return *w.cache.back().gemm;
+    cache.push_back({rows, lda, ldy, act, sum, std::move(g)});
+    return *cache.back().gemm;
   }
 
   AttentionPlan& attention_plan(const AttentionArgs& a);
@@ -371,6 +383,16 @@ class FastBackend final : public Backend {
     }
     fast::gemm_f32(*w.own, x, ldx, rows, y, ldy, residual, act == Activation::gelu, threads_, gemm_partials_);
   }
+
+  // oneDNN primitives of the packed layers this backend has run, per (rows, strides, epilogue).
+  struct GemmEntry {
+    int rows;
+    long ldx, ldy;
+    Activation act;
+    bool sum;
+    std::unique_ptr<Gemm> gemm;
+  };
+  std::unordered_map<const FastLinear*, std::vector<GemmEntry>> gemm_cache_;
 
   Profile profile_;
   int threads_;

@@ -12,8 +12,6 @@
 
 namespace perceiver {
 
-const char* precision_name(Precision precision);  // "fp32", "bf16"
-
 // A linear layer's weights in whatever layout the backend's GEMM wants, packed once at load time.
 class PackedLinear {
  public:
@@ -53,10 +51,18 @@ struct LinearPart {
   int rows = 0;
 };
 
+// A backend is two things: the packer of weights (pack_linear; what it packs is immutable and may be shared
+// by any number of threads) and an executor of ops, which owns mutable per-call state (scratch buffers,
+// primitive caches, streams). One Backend object executes on one thread at a time; clone() makes another
+// executor of the same kind and thread count for another thread, able to run what this one packed.
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // A fresh executor for another thread: same kernels and thread count, its own scratch, no shared mutable
+  // state; it runs every PackedLinear this backend (or any of its clones) made.
+  virtual std::unique_ptr<Backend> clone() const = 0;
+  virtual int threads() const = 0;
 
   // The layer whose weight is the parts stacked by rows ([sum of rows, in_features]) and whose bias is theirs
   // stacked (a part without bias counts as zeros). in_place: the weights stay valid and unchanged as long as
@@ -84,6 +90,20 @@ class Backend {
                           float eps, float* y) = 0;
 
   virtual void attention(const AttentionArgs& args) = 0;
+
+  // Image ops of the conv stem, activations channels-last.
+  // im2col of a zero-padded k x k, stride-s convolution for output rows [row0, row0 + rows) of the
+  // batch-stacked output (row r = b * out_h + y): col [rows * out_w, channels * k * k], column c * k*k + ky * k
+  // + kx (PyTorch's OIHW weight flattened). image: [batch, channels, height, width].
+  virtual void im2col(const float* image, int channels, int height, int width, int kernel, int stride, int pad,
+                      int out_h, int out_w, int row0, int rows, float* col) = 0;
+  // x[t, c] = max(0, x[t, c] * scale[c] + shift[c]) for t < tokens: eval-mode BatchNorm folded, then ReLU.
+  virtual void scale_shift_relu(float* x, long tokens, int channels, const float* scale,
+                                const float* shift) = 0;
+  // k x k, stride-s max-pool without padding. x: [batch, height, width, channels]; out: token t = y * out_w + x
+  // of image b at out + (b * out_h * out_w + t) * out_ld, `channels` floats (out_ld >= channels).
+  virtual void max_pool(const float* x, int batch, int height, int width, int channels, int kernel, int stride,
+                        float* out, long out_ld) = 0;
 };
 
 // threads <= 0: use every core the process may run on.

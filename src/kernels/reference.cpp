@@ -7,12 +7,11 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/image_ops.h"
 #include "kernels/kernels.h"
 #include "kernels/numerics.h"
 
 namespace perceiver {
-
-const char* precision_name(Precision precision) { return precision == Precision::bf16 ? "bf16" : "fp32"; }
 
 namespace {
 
@@ -27,6 +26,8 @@ class ReferenceBackend : public Backend {
  public:
   explicit ReferenceBackend(int threads) : threads_(threads > 0 ? threads : omp_get_num_procs()) {}
   std::string name() const override { return "reference"; }
+  std::unique_ptr<Backend> clone() const override { return std::make_unique<ReferenceBackend>(threads_); }
+  int threads() const override { return threads_; }
 
   using Backend::pack_linear;
   std::unique_ptr<PackedLinear> pack_linear(const std::vector<LinearPart>& parts, int in_features,
@@ -126,6 +127,19 @@ class ReferenceBackend : public Backend {
             }
           }
     }
+  }
+
+  void im2col(const float* image, int channels, int height, int width, int kernel, int stride, int pad,
+              int out_h, int out_w, int row0, int rows, float* col) override {
+    image_ops::im2col(image, channels, height, width, kernel, stride, pad, out_h, out_w, row0, rows, col,
+                      threads_);
+  }
+  void scale_shift_relu(float* x, long tokens, int channels, const float* scale, const float* shift) override {
+    image_ops::scale_shift_relu(x, tokens, channels, scale, shift, threads_);
+  }
+  void max_pool(const float* x, int batch, int height, int width, int channels, int kernel, int stride,
+                float* out, long out_ld) override {
+    image_ops::max_pool(x, batch, height, width, channels, kernel, stride, out, out_ld, threads_);
   }
 
  private:
