@@ -48,13 +48,14 @@ ImageSource to_source(const py::tuple& spec, size_t index) {
   } else if (kind == "array") {
     const py::array array = spec[1].cast<py::array>();
     if (!py::isinstance<py::array_t<uint8_t>>(array) || (array.ndim() != 2 && array.ndim() != 3))
-      throw perceiver::Error(perceiver::ErrorKind::bad_input,
-                             "images[" + std::to_string(index) + "]: an array image must be uint8 [H, W] or [H, W, 3]");
+      throw perceiver::Error(
+          perceiver::ErrorKind::bad_input,
+          "images[" + std::to_string(index) + "]: an array image must be uint8 [H, W] or [H, W, 3]");
     s.height = int(array.shape(0));
     s.width = int(array.shape(1));
     s.channels = array.ndim() == 3 ? int(array.shape(2)) : 1;
-    if (array.strides(array.ndim() - 1) != 1 ||
-        (array.ndim() == 3 && array.strides(1) != s.channels) || array.strides(0) < 0)
+    if (array.strides(array.ndim() - 1) != 1 || (array.ndim() == 3 && array.strides(1) != s.channels) ||
+        array.strides(0) < 0)
       throw perceiver::Error(perceiver::ErrorKind::bad_input,
                              "images[" + std::to_string(index) + "]: pixels must be contiguous within rows");
     s.pixels = static_cast<const uint8_t*>(array.data());
@@ -68,7 +69,8 @@ ImageSource to_source(const py::tuple& spec, size_t index) {
 
 perceiver::Image decode(const ImageSource& s, const perceiver::DecodeOptions& options) {
   if (!s.path.empty()) return perceiver::decode_image_file(s.path, options);
-  if (s.pixels != nullptr) return perceiver::image_from_pixels(s.pixels, s.width, s.height, s.channels, s.stride);
+  if (s.pixels != nullptr)
+    return perceiver::image_from_pixels(s.pixels, s.width, s.height, s.channels, s.stride);
   return perceiver::decode_image(s.data, s.size, s.name, options);
 }
 
@@ -97,7 +99,8 @@ class PyModel {
   // pixels: float32 [B, 3, H, W] (C-contiguous, read in place) -> logits [B, num_labels]
   py::array_t<float> logits(const py::array_t<float, py::array::c_style>& pixels) {
     if (pixels.ndim() != 4 || pixels.shape(1) != 3 || pixels.shape(0) < 1)
-      throw perceiver::Error(perceiver::ErrorKind::bad_input, "pixel_values: must be float32 [B, 3, H, W] with B >= 1");
+      throw perceiver::Error(perceiver::ErrorKind::bad_input,
+                             "pixel_values: must be float32 [B, 3, H, W] with B >= 1");
     const int batch = int(pixels.shape(0)), height = int(pixels.shape(2)), width = int(pixels.shape(3));
     model_->check_input_size(height, width);
     py::array_t<float> out({py::ssize_t(batch), py::ssize_t(info().num_labels)});

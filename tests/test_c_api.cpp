@@ -1,5 +1,5 @@
-// The C API (perceiver_c.h): results equal to HF's golden vectors and to the C++ API, statuses = the CLI's exit
-// codes, error messages naming the file or argument, no crash on NULL.
+// The C API (perceiver_c.h): results equal to HF's golden vectors and to the C++ API, statuses = the CLI's
+// exit codes, error messages naming the file or argument, no crash on NULL.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -43,13 +43,16 @@ TEST(CApi, ForwardMatchesGoldenLogits) {
     const int K = perceiver_model_num_labels(m.model);
     ASSERT_EQ(size_t(B) * K, expected.size());
     std::vector<float> logits(expected.size()), again(expected.size());
-    ASSERT_EQ(perceiver_forward(m.model, pixels.to_f32().data(), B, H, W, logits.data(), err, sizeof err), 0) << err;
+    ASSERT_EQ(perceiver_forward(m.model, pixels.to_f32().data(), B, H, W, logits.data(), err, sizeof err), 0)
+        << err;
     EXPECT_STREQ(err, "");
-    for (size_t i = 0; i < logits.size(); ++i) EXPECT_NEAR(logits[i], expected[i], 1e-4) << variant << " " << i;
+    for (size_t i = 0; i < logits.size(); ++i)
+      EXPECT_NEAR(logits[i], expected[i], 1e-4) << variant << " " << i;
 
     perceiver_context* context = perceiver_context_new(m.model, err, sizeof err);
     ASSERT_NE(context, nullptr) << err;
-    ASSERT_EQ(perceiver_forward_ctx(context, pixels.to_f32().data(), B, H, W, again.data(), err, sizeof err), 0);
+    ASSERT_EQ(perceiver_forward_ctx(context, pixels.to_f32().data(), B, H, W, again.data(), err, sizeof err),
+              0);
     EXPECT_EQ(logits, again) << variant;
     perceiver_context_free(context);
   }
@@ -97,7 +100,8 @@ TEST(CApi, ClassifyImagesEveryWay) {
   ASSERT_EQ(perceiver_classify_file(m.model, file.c_str(), from_file.data(), err, sizeof err), 0) << err;
   std::ifstream in(file, std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  ASSERT_EQ(perceiver_classify_encoded(m.model, bytes.data(), bytes.size(), from_bytes.data(), err, sizeof err), 0);
+  ASSERT_EQ(
+      perceiver_classify_encoded(m.model, bytes.data(), bytes.size(), from_bytes.data(), err, sizeof err), 0);
   EXPECT_EQ(from_file, from_bytes);
 
   perceiver_image* image = nullptr;
@@ -125,14 +129,16 @@ TEST(CApi, ClassifyImagesEveryWay) {
   ASSERT_EQ(perceiver_top_k(m.model, from_file.data(), 3, ids, probabilities, err, sizeof err), 0);
   EXPECT_EQ(ids[0], 9);  // HF's top-1 for this image (expected/images_logits.npy)
   EXPECT_GT(probabilities[0], probabilities[1]);
-  EXPECT_EQ(perceiver_top_k(m.model, from_file.data(), 0, ids, probabilities, err, sizeof err), PERCEIVER_ERR_USAGE);
+  EXPECT_EQ(perceiver_top_k(m.model, from_file.data(), 0, ids, probabilities, err, sizeof err),
+            PERCEIVER_ERR_USAGE);
 
   // Preprocess: the C++ API's pixels; a short buffer is a usage error naming the size needed.
   int h = 0, w = 0;
   EXPECT_EQ(perceiver_preprocess(m.model, image, nullptr, 0, &h, &w, err, sizeof err), 0);
   ASSERT_EQ(h * w, 56 * 56);
   std::vector<float> pixels(3 * 56 * 56);
-  EXPECT_EQ(perceiver_preprocess(m.model, image, pixels.data(), 10, &h, &w, err, sizeof err), PERCEIVER_ERR_USAGE);
+  EXPECT_EQ(perceiver_preprocess(m.model, image, pixels.data(), 10, &h, &w, err, sizeof err),
+            PERCEIVER_ERR_USAGE);
   EXPECT_NE(std::string(err).find("9408"), std::string::npos) << err;
   ASSERT_EQ(perceiver_preprocess(m.model, image, pixels.data(), pixels.size(), &h, &w, err, sizeof err), 0);
   EXPECT_EQ(pixels, cpp->preprocess(perceiver::decode_image_file(file)).data);
@@ -141,7 +147,8 @@ TEST(CApi, ClassifyImagesEveryWay) {
   std::vector<float> mean(2 * 128), latents(2 * 64 * 128);
   ASSERT_EQ(perceiver_embed(m.model, both, 2, PERCEIVER_POOL_MEAN, mean.data(), err, sizeof err), 0) << err;
   perceiver_context* context = perceiver_context_new(m.model, err, sizeof err);
-  ASSERT_EQ(perceiver_embed_ctx(context, both, 2, PERCEIVER_POOL_LATENTS, latents.data(), err, sizeof err), 0);
+  ASSERT_EQ(perceiver_embed_ctx(context, both, 2, PERCEIVER_POOL_LATENTS, latents.data(), err, sizeof err),
+            0);
   const auto decoded = perceiver::decode_image_file(file);
   EXPECT_EQ(mean, cpp->create_context()->embed({decoded, decoded}, perceiver::Pool::mean).data);
   EXPECT_EQ(latents, cpp->create_context()->embed({decoded, decoded}, perceiver::Pool::latents).data);
@@ -163,7 +170,8 @@ TEST(CApi, ContextsRunInParallel) {
   for (int i = 0; i < 2; ++i) {
     serial[i].resize(10);
     parallel[i].resize(10);
-    ASSERT_EQ(perceiver_classify_file(m.model, files[i].c_str(), serial[i].data(), err, sizeof err), 0) << err;
+    ASSERT_EQ(perceiver_classify_file(m.model, files[i].c_str(), serial[i].data(), err, sizeof err), 0)
+        << err;
   }
   int status[2] = {-1, -1};
   std::vector<std::thread> threads;
@@ -193,8 +201,9 @@ TEST(CApi, ErrorsNameTheFileAndCarryTheExitCode) {
   EXPECT_EQ(model, nullptr);
   EXPECT_NE(std::string(err).find(missing), std::string::npos) << err;
 
-  EXPECT_EQ(perceiver_model_load_ex(fashion_dir().c_str(), R"({"precision": "fp64"})", &model, err, sizeof err),
-            PERCEIVER_ERR_USAGE);
+  EXPECT_EQ(
+      perceiver_model_load_ex(fashion_dir().c_str(), R"({"precision": "fp64"})", &model, err, sizeof err),
+      PERCEIVER_ERR_USAGE);
   EXPECT_NE(std::string(err).find("fp64"), std::string::npos) << err;
   EXPECT_EQ(perceiver_model_load_ex(fashion_dir().c_str(), R"({"thread": 2})", &model, err, sizeof err),
             PERCEIVER_ERR_USAGE);
@@ -205,8 +214,8 @@ TEST(CApi, ErrorsNameTheFileAndCarryTheExitCode) {
             PERCEIVER_ERR_USAGE);
 
   ModelHandle m;
-  ASSERT_EQ(perceiver_model_load_ex(fashion_dir().c_str(), R"({"threads": 2, "max_image_pixels": 100})", &m.model,
-                                    err, sizeof err),
+  ASSERT_EQ(perceiver_model_load_ex(fashion_dir().c_str(), R"({"threads": 2, "max_image_pixels": 100})",
+                                    &m.model, err, sizeof err),
             0)
       << err;
   std::vector<float> logits(10);
@@ -216,15 +225,17 @@ TEST(CApi, ErrorsNameTheFileAndCarryTheExitCode) {
   EXPECT_EQ(std::string(err).rfind(not_image + ": ", 0), 0u) << err;
   EXPECT_EQ(std::string(err).find('\n'), std::string::npos);
   // 28 x 28 = 784 pixels: over the limit of 100 given in the options (Pillow's rule: above 2x).
-  EXPECT_EQ(perceiver_classify_file(m.model, fashion_image("00000_9_ankle_boot.png").c_str(), logits.data(), err,
-                                    sizeof err),
+  EXPECT_EQ(perceiver_classify_file(m.model, fashion_image("00000_9_ankle_boot.png").c_str(), logits.data(),
+                                    err, sizeof err),
             PERCEIVER_ERR_BAD_INPUT);
   EXPECT_NE(std::string(err).find("00000_9_ankle_boot.png"), std::string::npos) << err;
-  EXPECT_EQ(perceiver_classify_encoded(m.model, "GIF89a", 6, logits.data(), err, sizeof err), PERCEIVER_ERR_BAD_INPUT);
+  EXPECT_EQ(perceiver_classify_encoded(m.model, "GIF89a", 6, logits.data(), err, sizeof err),
+            PERCEIVER_ERR_BAD_INPUT);
   EXPECT_NE(std::string(err).find("<image bytes>"), std::string::npos) << err;
   // An empty batch: usage.
   std::vector<float> pixels(3 * 8 * 8);
-  EXPECT_EQ(perceiver_forward(m.model, pixels.data(), 0, 8, 8, logits.data(), err, sizeof err), PERCEIVER_ERR_USAGE);
+  EXPECT_EQ(perceiver_forward(m.model, pixels.data(), 0, 8, 8, logits.data(), err, sizeof err),
+            PERCEIVER_ERR_USAGE);
   EXPECT_NE(std::string(err).find("batch"), std::string::npos) << err;
 
   // Truncation to the buffer, NUL-terminated; a NULL buffer is allowed.
@@ -234,18 +245,20 @@ TEST(CApi, ErrorsNameTheFileAndCarryTheExitCode) {
   EXPECT_EQ(perceiver_classify_file(m.model, not_image.c_str(), logits.data(), nullptr, 0), 3);
 
   // NULL handles and arrays: usage errors, no crash.
-  EXPECT_EQ(perceiver_classify_file(nullptr, not_image.c_str(), logits.data(), err, sizeof err), PERCEIVER_ERR_USAGE);
+  EXPECT_EQ(perceiver_classify_file(nullptr, not_image.c_str(), logits.data(), err, sizeof err),
+            PERCEIVER_ERR_USAGE);
   EXPECT_EQ(perceiver_classify_file(m.model, nullptr, logits.data(), err, sizeof err), PERCEIVER_ERR_USAGE);
   EXPECT_EQ(perceiver_classify_file_ctx(nullptr, not_image.c_str(), logits.data(), err, sizeof err),
             PERCEIVER_ERR_USAGE);
   const perceiver_image* none[] = {nullptr};
-  EXPECT_EQ(perceiver_classify_images(m.model, none, 1, 1, logits.data(), err, sizeof err), PERCEIVER_ERR_USAGE);
+  EXPECT_EQ(perceiver_classify_images(m.model, none, 1, 1, logits.data(), err, sizeof err),
+            PERCEIVER_ERR_USAGE);
   EXPECT_NE(std::string(err).find("images[0]"), std::string::npos) << err;
   EXPECT_EQ(perceiver_model_num_labels(nullptr), 0);
   EXPECT_EQ(perceiver_context_new(nullptr, err, sizeof err), nullptr);
   perceiver_image* image = nullptr;
-  EXPECT_EQ(perceiver_image_from_pixels(reinterpret_cast<const uint8_t*>(pixels.data()), 4, 4, 2, 0, &image, err,
-                                        sizeof err),
+  EXPECT_EQ(perceiver_image_from_pixels(reinterpret_cast<const uint8_t*>(pixels.data()), 4, 4, 2, 0, &image,
+                                        err, sizeof err),
             PERCEIVER_ERR_BAD_INPUT);
   EXPECT_EQ(image, nullptr);
   perceiver_model_free(nullptr);

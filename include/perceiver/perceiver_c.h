@@ -4,21 +4,20 @@
  *   perceiver_model* model = perceiver_model_load("deepmind/vision-perceiver-conv", NULL, err, sizeof err);
  *   if (!model) { fprintf(stderr, "%s\n", err); return 1; }
  *   float* logits = malloc(sizeof(float) * perceiver_model_num_labels(model));
- *   if (perceiver_classify_file(model, "cat.jpg", logits, err, sizeof err) != 0) { fprintf(stderr, "%s\n", err); }
- *   int id; float probability;
- *   perceiver_top_k(model, logits, 1, &id, &probability, err, sizeof err);
+ *   if (perceiver_classify_file(model, "cat.jpg", logits, err, sizeof err) != 0) { fprintf(stderr, "%s\n",
+ * err); } int id; float probability; perceiver_top_k(model, logits, 1, &id, &probability, err, sizeof err);
  *   printf("%s %.3f\n", perceiver_model_label(model, id), probability);   // "tabby, tabby cat" 0.8...
  *   free(logits); perceiver_model_free(model);
  *
  * Status: every call that can fail returns an int status, except perceiver_model_load and
- * perceiver_context_new, which return NULL on failure (perceiver_model_load_ex returns the status). 0 is success; otherwise the value is the `perceiver` CLI's exit code
- * for that failure (perceiver::ErrorKind): PERCEIVER_ERR_USAGE 2 (bad argument or option), _BAD_INPUT 3 (an
- * image or pixel buffer is missing, corrupt, unsupported or of a size the model refuses), _MODEL 4 (model
- * directory, config or weights), _NETWORK 5 (hub download), _IO 6, _INTERNAL 70, and 1 for anything else
- * (e.g. out of memory). On failure the caller's `err` buffer (may be NULL when err_size is 0) receives one
- * NUL-terminated line naming the file or argument and the problem, e.g. "notes.txt: not a JPEG, PNG or WebP
- * image"; it is truncated to err_size - 1 bytes. On success `err` is set to "". No C++ exception crosses
- * this interface.
+ * perceiver_context_new, which return NULL on failure (perceiver_model_load_ex returns the status). 0 is
+ * success; otherwise the value is the `perceiver` CLI's exit code for that failure (perceiver::ErrorKind):
+ * PERCEIVER_ERR_USAGE 2 (bad argument or option), _BAD_INPUT 3 (an image or pixel buffer is missing, corrupt,
+ * unsupported or of a size the model refuses), _MODEL 4 (model directory, config or weights), _NETWORK 5 (hub
+ * download), _IO 6, _INTERNAL 70, and 1 for anything else (e.g. out of memory). On failure the caller's `err`
+ * buffer (may be NULL when err_size is 0) receives one NUL-terminated line naming the file or argument and
+ * the problem, e.g. "notes.txt: not a JPEG, PNG or WebP image"; it is truncated to err_size - 1 bytes. On
+ * success `err` is set to "". No C++ exception crosses this interface.
  *
  * Shapes: arrays are float32, row-major. pixels [batch, 3, height, width] (normalised, as
  * perceiver_preprocess_* writes them); logits [batch, num_labels]; embeddings per image: mean / decoder
@@ -139,9 +138,10 @@ int perceiver_preprocess(const perceiver_model* model, const perceiver_image* im
  * (or "<image bytes>"). */
 int perceiver_classify_file(perceiver_model* model, const char* path, float* logits, char* err,
                             size_t err_size);
-int perceiver_classify_encoded(perceiver_model* model, const void* data, size_t size, float* logits, char* err,
-                               size_t err_size);
-/* `count` decoded images, preprocessed and run `batch_size` at a time (<= 0: 8): logits [count, num_labels]. */
+int perceiver_classify_encoded(perceiver_model* model, const void* data, size_t size, float* logits,
+                               char* err, size_t err_size);
+/* `count` decoded images, preprocessed and run `batch_size` at a time (<= 0: 8): logits [count, num_labels].
+ */
 int perceiver_classify_images(perceiver_model* model, const perceiver_image* const* images, int count,
                               int batch_size, float* logits, char* err, size_t err_size);
 /* The network on preprocessed pixels [batch, 3, height, width] -> logits [batch, num_labels]. */

@@ -65,7 +65,8 @@ void require(bool condition, const char* message) {
 }
 
 // Options JSON -> ModelOptions (+ the decoder's pixel limit); unknown keys and wrong types are usage errors.
-void parse_options(const char* options_json, perceiver::ModelOptions& options, perceiver::DecodeOptions& decode) {
+void parse_options(const char* options_json, perceiver::ModelOptions& options,
+                   perceiver::DecodeOptions& decode) {
   if (options_json == nullptr || *options_json == '\0') return;
   nlohmann::json j;
   try {
@@ -119,9 +120,12 @@ void parse_options(const char* options_json, perceiver::ModelOptions& options, p
 
 perceiver::Pool to_pool(perceiver_pool pool) {
   switch (pool) {
-    case PERCEIVER_POOL_MEAN: return perceiver::Pool::mean;
-    case PERCEIVER_POOL_LATENTS: return perceiver::Pool::latents;
-    case PERCEIVER_POOL_DECODER: return perceiver::Pool::decoder;
+    case PERCEIVER_POOL_MEAN:
+      return perceiver::Pool::mean;
+    case PERCEIVER_POOL_LATENTS:
+      return perceiver::Pool::latents;
+    case PERCEIVER_POOL_DECODER:
+      return perceiver::Pool::decoder;
   }
   throw Error(ErrorKind::usage, "pool: not PERCEIVER_POOL_MEAN, _LATENTS or _DECODER");
 }
@@ -132,7 +136,8 @@ size_t embedding_size(const perceiver::ModelInfo& info, perceiver::Pool pool) {
 }
 
 // Logits [count, num_labels] of the images `source` gives, `name(i)` naming image i in errors.
-void run_logits(perceiver::Context& context, int64_t count, const std::function<perceiver::Image(int64_t)>& source,
+void run_logits(perceiver::Context& context, int64_t count,
+                const std::function<perceiver::Image(int64_t)>& source,
                 const std::function<std::string(int64_t)>& name, int batch_size, float* logits) {
   const size_t labels = size_t(context.model().info().num_labels);
   context.run_images(
@@ -171,15 +176,16 @@ void check_images(const perceiver_image* const* images, int count) {
 
 std::string image_name(int64_t i) { return "images[" + std::to_string(i) + "]"; }
 
-void classify_images(perceiver::Context& context, const perceiver_image* const* images, int count, int batch_size,
-                     float* logits) {
+void classify_images(perceiver::Context& context, const perceiver_image* const* images, int count,
+                     int batch_size, float* logits) {
   check_images(images, count);
   require(logits != nullptr || count == 0, "logits: NULL");
   run_logits(
       context, count, [&](int64_t i) { return images[i]->image; }, image_name, batch_size, logits);
 }
 
-void forward(perceiver::Context& context, const float* pixels, int batch, int height, int width, float* logits) {
+void forward(perceiver::Context& context, const float* pixels, int batch, int height, int width,
+             float* logits) {
   require(pixels != nullptr, "pixels: NULL");
   require(logits != nullptr, "logits: NULL");
   require(batch >= 1, "batch: must be at least 1");
@@ -370,16 +376,17 @@ int perceiver_preprocess(const perceiver_model* model, const perceiver_image* im
 
 int perceiver_classify_file(perceiver_model* model, const char* path, float* logits, char* err,
                             size_t err_size) {
-  return on_model_context(model, err, err_size, [&](perceiver::Context& c, const perceiver::DecodeOptions& d) {
-    classify_file(c, d, path, logits);
-  });
+  return on_model_context(
+      model, err, err_size,
+      [&](perceiver::Context& c, const perceiver::DecodeOptions& d) { classify_file(c, d, path, logits); });
 }
 
-int perceiver_classify_encoded(perceiver_model* model, const void* data, size_t size, float* logits, char* err,
-                               size_t err_size) {
-  return on_model_context(model, err, err_size, [&](perceiver::Context& c, const perceiver::DecodeOptions& d) {
-    classify_encoded(c, d, data, size, logits);
-  });
+int perceiver_classify_encoded(perceiver_model* model, const void* data, size_t size, float* logits,
+                               char* err, size_t err_size) {
+  return on_model_context(model, err, err_size,
+                          [&](perceiver::Context& c, const perceiver::DecodeOptions& d) {
+                            classify_encoded(c, d, data, size, logits);
+                          });
 }
 
 int perceiver_classify_images(perceiver_model* model, const perceiver_image* const* images, int count,
@@ -396,8 +403,8 @@ int perceiver_forward(perceiver_model* model, const float* pixels, int batch, in
   });
 }
 
-int perceiver_embed(perceiver_model* model, const perceiver_image* const* images, int count, perceiver_pool pool,
-                    float* out, char* err, size_t err_size) {
+int perceiver_embed(perceiver_model* model, const perceiver_image* const* images, int count,
+                    perceiver_pool pool, float* out, char* err, size_t err_size) {
   return on_model_context(model, err, err_size, [&](perceiver::Context& c, const perceiver::DecodeOptions&) {
     embed(c, images, count, pool, out);
   });

@@ -31,7 +31,8 @@ int main(int argc, char** argv) {
   float* again = malloc(sizeof(float) * (size_t)num_labels);
   int* ids = malloc(sizeof(int) * (size_t)top_k);
   float* probabilities = malloc(sizeof(float) * (size_t)top_k);
-  /* One context for this thread; the model-level calls (perceiver_classify_file) would share an internal one. */
+  /* One context for this thread; the model-level calls (perceiver_classify_file) would share an internal one.
+   */
   perceiver_context* context = perceiver_context_new(model, err, sizeof err);
   if (context == NULL) {
     fprintf(stderr, "%s\n", err);
