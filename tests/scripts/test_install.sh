@@ -87,4 +87,16 @@ cmake -S "$source_dir/tests/consumers/cmake" -B "$tmp/consumer" -G Ninja -DCMAKE
 cmake --build "$tmp/consumer" > "$tmp/consumer-build.log" || { cat "$tmp/consumer-build.log"; fail "consumer did not build"; }
 check_program "C++ via find_package (perceiver::perceiver)" "$tmp/consumer/embed"
 check_program "C++ via find_package (perceiver::perceiver_shared)" "$tmp/consumer/embed_shared"
+
+# The examples in docs/library.md compile and link against the installed tree with pkg-config alone.
+awk -v dir="$tmp" '/^```c$/ {f = dir "/doc_example.c"; next} /^```cpp$/ {f = dir "/doc_example.cpp"; next}
+                   /^```/ {f = ""; next} f != "" {print > f}' "$source_dir/docs/library.md"
+[[ -s $tmp/doc_example.c && -s $tmp/doc_example.cpp ]] || fail "docs/library.md: no C or C++ example found"
+flags=$(PKG_CONFIG_PATH=$libdir/pkgconfig pkg-config --cflags --libs --static perceiver)
+"$cc" -Wall -Wextra -Werror "$tmp/doc_example.c" -o "$tmp/doc_example_c" $flags || fail "docs/library.md: the C example"
+"${CMAKE_CXX_COMPILER:-c++}" -std=c++20 -Wall -Wextra -Werror "$tmp/doc_example.cpp" -o "$tmp/doc_example_cpp" $flags ||
+  fail "docs/library.md: the C++ example"
+"$tmp/doc_example_c" "$model" "${images[0]}" | grep -q "Ankle boot" || fail "docs/library.md: the C example's output"
+"$tmp/doc_example_cpp" "$model" "${images[0]}" | grep -q "Ankle boot" || fail "docs/library.md: the C++ example's output"
+echo "ok: docs/library.md examples"
 echo "all install checks passed"
