@@ -49,9 +49,7 @@ void run_attention(const AttentionArgs& args) {
                   args.pixels + ": expected dtype float32, found '" + pixel_array.dtype + "'");
   }
 
-  ModelOptions options = args.model.options();
-  options.preprocess_defaults = args.preprocess_defaults;
-  auto model = Model::load(args.model.resolve_dir(), options);
+  auto model = args.model.load(args.preprocess_defaults);
   std::vector<int> latents;
   if (!args.latents.empty()) latents = parse_latent_list(args.latents, model->info().num_latents);
   auto context = model->create_context();

@@ -91,7 +91,7 @@ double median(std::vector<double> v) {
 void run_bench(const BenchArgs& args) {
   ModelOptions options;
   options.weights_file = args.weights;
-  options.precision = args.precision == "bf16" ? Precision::bf16 : Precision::fp32;
+  options.precision = parse_precision(args.precision);
   options.threads = args.threads;
   options.backend = args.backend;
   options.mmap_weights = !args.no_mmap;
@@ -106,11 +106,10 @@ void run_bench(const BenchArgs& args) {
     model = Model::create_random(conv_config_json(), 1, options);
     load_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
   } else {
-    ModelArgs margs;
-    margs.model = args.model;
-    margs.revision = args.revision;
-    margs.quiet = args.quiet || args.json;
-    const auto dir = margs.resolve_dir();
+    options.revision = args.revision;
+    options.hub_progress = !(args.quiet || args.json);
+    // Hub ids are resolved (downloaded once) before the timed load.
+    const std::filesystem::path dir = resolve_model_dir(args.model, options);
     model_name = dir.string();
     const auto t0 = clock::now();
     model = Model::load(dir, options);
@@ -210,7 +209,8 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--weights", args->weights,
                   "Weights file to use (default: model.safetensors, else pytorch_model.bin)");
   cmd->add_option("--revision", args->revision, "Hub revision (default: main)");
-  cmd->add_option("--precision", args->precision, "fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--precision", args->precision, "fp32, bf16 or int8")
+      ->check(CLI::IsMember({"fp32", "bf16", "int8"}));
   cmd->add_option("--backend", args->backend, "auto, fast or reference")
       ->check(CLI::IsMember({"auto", "fast", "reference"}));
   cmd->add_option("-t,--threads", args->threads, "Threads (default: all cores)")->check(CLI::Range(0, 1024));

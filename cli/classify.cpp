@@ -9,8 +9,7 @@
 #include <numeric>
 
 #include "common.h"
-#include "formats/npy.h"
-#include "image/image.h"
+#include "perceiver/io.h"
 
 namespace perceiver::cli {
 namespace {
@@ -34,50 +33,30 @@ std::string printable_label(std::string label) {
   return label;
 }
 
-struct Prediction {
-  std::vector<int> ids;
-  std::vector<double> probabilities;
-};
-
-// Softmax over one row of logits, then the k most probable classes (ties: lower index first).
-Prediction top_k(const float* logits, int num_labels, int k) {
-  double max_logit = *std::max_element(logits, logits + num_labels);
-  std::vector<double> p(num_labels);
-  double sum = 0;
-  for (int i = 0; i < num_labels; ++i) sum += (p[i] = std::exp(double(logits[i]) - max_logit));
-  std::vector<int> order(num_labels);
-  std::iota(order.begin(), order.end(), 0);
-  k = std::min(k, num_labels);
-  std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                    [&](int a, int b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
-  Prediction out;
-  for (int i = 0; i < k; ++i) {
-    out.ids.push_back(order[i]);
-    out.probabilities.push_back(p[order[i]] / sum);
-  }
-  return out;
-}
-
 void print_prediction(const ClassifyArgs& args, const ModelInfo& info, const std::string& name, int index,
                       const float* logits) {
-  Prediction pred = top_k(logits, info.num_labels, args.top_k);
+  const std::vector<Prediction> pred = top_k(logits, info.labels, args.top_k);
   if (args.json) {
     nlohmann::json j;
     j["file"] = name;
     if (index >= 0) j["index"] = index;
     j["labels"] = nlohmann::json::array();
-    j["label_ids"] = pred.ids;
-    j["probabilities"] = pred.probabilities;
-    for (int id : pred.ids) j["labels"].push_back(info.labels[id]);
+    j["label_ids"] = nlohmann::json::array();
+    j["probabilities"] = nlohmann::json::array();
+    for (const auto& p : pred) {
+      j["labels"].push_back(p.label);
+      j["label_ids"].push_back(p.id);
+      j["probabilities"].push_back(p.probability);
+    }
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::cout << name;
     if (index >= 0) std::cout << " [" << index << "]";
     std::cout << "\n";
-    for (size_t i = 0; i < pred.ids.size(); ++i) {
+    for (const auto& p : pred) {
       char line[64];
-      std::snprintf(line, sizeof line, "  %6.2f%%  ", 100.0 * pred.probabilities[i]);
-      std::cout << line << printable_label(info.labels[pred.ids[i]]) << "\n";
+      std::snprintf(line, sizeof line, "  %6.2f%%  ", 100.0 * p.probability);
+      std::cout << line << printable_label(p.label) << "\n";
     }
   }
 }
@@ -115,11 +94,14 @@ void run_classify(const ClassifyArgs& args) {
     files = expand_image_args(args.images);
   }
 
-  const std::filesystem::path dir = args.model.resolve_dir();
-  PreprocessorConfig prep;
-  if (!files.empty()) prep = model_preprocessor(dir, args.preprocess_defaults);
-  auto model = Model::load(dir, args.model.options());
+  auto model = args.model.load(args.preprocess_defaults);
   const ModelInfo& info = model->info();
+  const std::filesystem::path& dir = info.model_dir;
+  if (!files.empty() && !info.has_preprocessor) {
+    int h, w;
+    model->preprocessed_size(Image{}, &h, &w);  // throws: no preprocessor_config.json
+  }
+  auto context = model->create_context();
   const int num_labels = info.num_labels;
   std::vector<float> all_logits;
 
@@ -131,7 +113,7 @@ void run_classify(const ClassifyArgs& args) {
     if (!all_finite(pixels))
       throw Error(ErrorKind::bad_input, args.pixels + ": holds NaN or infinite values");
     all_logits.resize(size_t(B) * num_labels);
-    model->classify(pixels.data(), B, H, W, all_logits.data());
+    context->logits(pixels.data(), B, H, W, all_logits.data());
     check_logits(all_logits, dir);
     if (!args.logits_out.empty()) write_npy_f32(args.logits_out, {B, num_labels}, all_logits.data());
     for (int b = 0; b < B; ++b)
@@ -139,41 +121,20 @@ void run_classify(const ClassifyArgs& args) {
     return;
   }
 
-  // Images: decode + preprocess a batch at a time (consecutive images of equal preprocessed size).
-  DecodeOptions decode;
-  decode.max_pixels = args.max_image_pixels;
-  const int batch_size = std::max(1, args.batch_size);
-  std::vector<float> batch_pixels, batch_logits;
-  std::vector<std::string> pending_text;
-  size_t next = 0;
-  while (next < files.size()) {
-    int H = 0, W = 0, count = 0;
-    batch_pixels.clear();
-    while (next < files.size() && count < batch_size) {
-      const std::string name = files[next].string();
-      ImageU8 image = load_image(files[next], decode);
-      int h, w;
-      naming_file(name, [&] { preprocessed_size(prep, image, &h, &w); });
-      if (count > 0 && (h != H || w != W)) break;  // different size: starts the next batch
-      if (count == 0) {
-        H = h;
-        W = w;
-        naming_file(name, [&] { model->check_input_size(H, W); });
-      }
-      batch_pixels.resize(size_t(count + 1) * 3 * H * W);
-      naming_file(name, [&] { preprocess(image, prep, &batch_pixels[size_t(count) * 3 * H * W]); });
-      ++count;
-      ++next;
-    }
-    batch_logits.resize(size_t(count) * num_labels);
-    model->classify(batch_pixels.data(), count, H, W, batch_logits.data());
-    check_logits(batch_logits, dir);
-    for (int b = 0; b < count; ++b)
-      print_prediction(args, info, files[next - count + b].string(), -1,
-                       &batch_logits[size_t(b) * num_labels]);
-    std::cout.flush();
-    all_logits.insert(all_logits.end(), batch_logits.begin(), batch_logits.end());
-  }
+  // Images: decoded and preprocessed a batch at a time, in parallel (consecutive images of equal
+  // preprocessed size run together); results printed as each batch is done.
+  std::vector<float> batch_logits;
+  context->run_images(int64_t(files.size()), file_source(files, args.max_image_pixels), args.batch_size,
+                      Context::ImageBatch::logits_output, [&](const Context::ImageBatch& b) {
+                        batch_logits.assign(b.logits, b.logits + size_t(b.count) * num_labels);
+                        check_logits(batch_logits, dir);
+                        for (int i = 0; i < b.count; ++i)
+                          print_prediction(args, info, files[size_t(b.first + i)].string(), -1,
+                                           &batch_logits[size_t(i) * num_labels]);
+                        std::cout.flush();
+                        all_logits.insert(all_logits.end(), batch_logits.begin(), batch_logits.end());
+                      },
+                      [&](int64_t i) { return files[size_t(i)].string(); });
   if (!args.logits_out.empty())
     write_npy_f32(args.logits_out, {static_cast<int64_t>(files.size()), num_labels}, all_logits.data());
 }

@@ -3,9 +3,6 @@
 #include <algorithm>
 #include <cctype>
 
-#ifdef PERCEIVER_HAVE_HUB
-#include "hub/hub.h"
-#endif
 
 namespace perceiver::cli {
 
@@ -16,8 +13,8 @@ void ModelArgs::add_to(CLI::App* app) {
   app->add_option("--weights", weights,
                   "Weights file to use (default: model.safetensors, else pytorch_model.bin)");
   app->add_option("--revision", revision, "Hub revision: branch, tag or commit (default: main)");
-  app->add_option("--precision", precision, "fp32 or bf16 (bf16 weights and GEMM inputs, fp32 accumulation)")
-      ->check(CLI::IsMember({"fp32", "bf16"}));
+  app->add_option("--precision", precision, "fp32, bf16 (bf16 weights and GEMM inputs, fp32 accumulation) or int8 (quantised linear layers)")
+      ->check(CLI::IsMember({"fp32", "bf16", "int8"}));
   app->add_option("--backend", backend, "Kernels: auto, fast (oneDNN) or reference (plain loops)")
       ->check(CLI::IsMember({"auto", "fast", "reference"}));
   app->add_option("-t,--threads", threads, "Threads (default: all cores)")->check(CLI::Range(0, 1024));
@@ -26,34 +23,32 @@ void ModelArgs::add_to(CLI::App* app) {
   app->add_flag("-q,--quiet", quiet, "No progress bars or notes on stderr");
 }
 
-std::filesystem::path ModelArgs::resolve_dir() const {
-  std::error_code ec;
-  if (std::filesystem::is_directory(model, ec)) return model;
-#ifdef PERCEIVER_HAVE_HUB
-  if (is_hub_repo_id(model)) {
-    HubOptions hub;
-    hub.revision = revision;
-    hub.quiet = quiet;
-    return resolve_hub_model(model, hub);
-  }
-#endif
-  throw Error(ErrorKind::model, model + ": not a model directory" +
-#ifdef PERCEIVER_HAVE_HUB
-                                    std::string(" nor a hub repo id")
-#else
-                                    std::string(" (this build has no hub support)")
-#endif
-  );
-}
-
 ModelOptions ModelArgs::options() const {
   ModelOptions o;
   o.weights_file = weights;
-  o.precision = precision == "bf16" ? Precision::bf16 : Precision::fp32;
+  o.precision = parse_precision(precision);
   o.threads = threads;
   o.backend = backend;
   o.mmap_weights = !no_mmap;
+  o.revision = revision;
+  o.hub_progress = !quiet;
   return o;
+}
+
+std::unique_ptr<Model> ModelArgs::load(bool preprocess_defaults) const {
+  ModelOptions o = options();
+  o.preprocess_defaults = preprocess_defaults;
+  return Model::load(model, o);
+}
+
+std::function<Image(int64_t)> file_source(const std::vector<std::filesystem::path>& files,
+                                          int64_t max_image_pixels) {
+  DecodeOptions decode;
+  decode.max_pixels = max_image_pixels;
+  return [files, decode](int64_t i) {
+    const std::string name = files[size_t(i)].string();
+    return naming_file(name, [&] { return decode_image_file(files[size_t(i)], decode); });
+  };
 }
 
 namespace {
@@ -82,16 +77,6 @@ std::vector<std::filesystem::path> expand_image_args(const std::vector<std::stri
     }
   }
   return files;
-}
-
-PreprocessorConfig model_preprocessor(const std::filesystem::path& model_dir, bool use_defaults) {
-  auto path = model_dir / "preprocessor_config.json";
-  std::error_code ec;
-  if (std::filesystem::exists(path, ec)) return load_preprocessor_config(path);
-  if (use_defaults) return PreprocessorConfig{};
-  throw Error(ErrorKind::model, path.string() +
-                                    ": missing; pass --preprocess-defaults to use PerceiverImageProcessor's "
-                                    "defaults (crop 224/256, bicubic 224x224, ImageNet mean/std)");
 }
 
 }  // namespace perceiver::cli

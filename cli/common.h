@@ -1,4 +1,5 @@
-// Pieces shared by the perceiver subcommands.
+// Pieces shared by the perceiver subcommands. The CLI is a user of the public library API only
+// (include/perceiver/).
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -7,7 +8,6 @@
 #include <string>
 #include <vector>
 
-#include "image/preprocess.h"
 #include "perceiver/perceiver.h"
 
 namespace perceiver::cli {
@@ -24,16 +24,13 @@ struct ModelArgs {
   bool quiet = false;
 
   void add_to(CLI::App* app);
-  // A directory as is; otherwise a hub repo id, downloaded into the Hugging Face cache.
-  std::filesystem::path resolve_dir() const;
   ModelOptions options() const;
+  // Model::load of `model` (a directory, or a hub id downloaded into the Hugging Face cache).
+  std::unique_ptr<Model> load(bool preprocess_defaults = false) const;
 };
 
 // The images an argument list names: files as given, folders expanded to their images in sorted order.
 std::vector<std::filesystem::path> expand_image_args(const std::vector<std::string>& args);
-
-// preprocessor_config.json of the model directory; HF's class defaults when `use_defaults`; else an error.
-PreprocessorConfig model_preprocessor(const std::filesystem::path& model_dir, bool use_defaults);
 
 // Runs `body`; a perceiver::Error whose message does not already name `file` gets "<file>: " put in front,
 // so that every failure about an input names it (e.g. a model refusing the input's size).
@@ -47,6 +44,10 @@ auto naming_file(const std::string& file, F&& body) -> decltype(body()) {
     throw Error(e.kind(), file + ": " + what);
   }
 }
+
+// A decoder for image files honouring --max-image-pixels; errors name the file.
+std::function<Image(int64_t)> file_source(const std::vector<std::filesystem::path>& files,
+                                          int64_t max_image_pixels = DecodeOptions{}.max_pixels);
 
 void register_classify(CLI::App& app);
 void register_preprocess(CLI::App& app);

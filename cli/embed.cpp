@@ -5,9 +5,8 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
-#include "formats/npy.h"
-#include "train/dataset.h"
-#include "util/atomic_file.h"
+#include "perceiver/io.h"
+#include "perceiver/progress.h"
 
 namespace perceiver::cli {
 namespace {
@@ -26,39 +25,41 @@ void run_embed(const EmbedArgs& args) {
     throw Error(ErrorKind::usage, "embed: give --out FILE.npy and/or --json");
   if (args.images.empty()) throw Error(ErrorKind::usage, "embed: no images given");
   const std::vector<std::filesystem::path> files = expand_image_args(args.images);
-  const std::filesystem::path dir = args.model.resolve_dir();
-  const PreprocessorConfig prep = model_preprocessor(dir, args.preprocess_defaults);
-  auto model = Model::load(dir, args.model.options());
+  auto model = args.model.load(args.preprocess_defaults);
   const ModelInfo& info = model->info();
   const int64_t n = int64_t(files.size()), L = info.num_latents, D = info.d_latents;
-
-  std::vector<float> latents, features;
-  std::vector<int64_t> shape;
-  if (args.pool == "decoder") {
-    features.resize(size_t(n) * D);
-    shape = {n, D};
-  } else {
-    latents.resize(size_t(n) * L * D);
-    shape = args.pool == "latents" ? std::vector<int64_t>{n, L, D} : std::vector<int64_t>{n, D};
-  }
-  train::run_model_on_images(*model, prep, n, train::file_source(files), args.batch_size,
-                             !args.model.quiet && n > 1, "embedding", [&](ForwardArgs& a, int64_t first) {
-                               if (args.pool == "decoder")
-                                 a.decoder_features = &features[size_t(first) * D];
-                               else
-                                 a.latents = &latents[size_t(first) * L * D];
-                             });
-  if (args.pool == "latents") {
-    features = std::move(latents);
-  } else if (args.pool == "mean") {
-    features.assign(size_t(n) * D, 0.0f);
-    for (int64_t b = 0; b < n; ++b)
-      for (int64_t d = 0; d < D; ++d) {
-        double acc = 0;
-        for (int64_t l = 0; l < L; ++l) acc += latents[(size_t(b) * L + l) * D + d];
-        features[size_t(b) * D + d] = static_cast<float>(acc / double(L));
-      }
-  }
+  const Pool pool = parse_pool(args.pool);
+  const std::vector<int64_t> shape =
+      pool == Pool::latents ? std::vector<int64_t>{n, L, D} : std::vector<int64_t>{n, D};
+  const size_t per_image = pool == Pool::latents ? size_t(L * D) : size_t(D);
+  std::vector<float> features(size_t(n) * per_image);
+  Progress bar("embedding", n, !args.model.quiet && n > 1);
+  // Context::embed's pooling, a batch at a time (the images are decoded in parallel as they go).
+  auto context = model->create_context();
+  const unsigned what = pool == Pool::decoder ? Context::ImageBatch::decoder_features_output
+                                              : Context::ImageBatch::latents_output;
+  context->run_images(
+      n, file_source(files), args.batch_size, what,
+      [&](const Context::ImageBatch& b) {
+        for (int t = 0; t < b.count; ++t) {
+          float* dst = &features[size_t(b.first + t) * per_image];
+          if (pool == Pool::decoder) {
+            std::copy_n(b.decoder_features + size_t(t) * D, D, dst);
+          } else if (pool == Pool::latents) {
+            std::copy_n(b.latents + size_t(t) * L * D, L * D, dst);
+          } else {  // the mean over the latents, in double
+            const float* z = b.latents + size_t(t) * L * D;
+            for (int64_t d = 0; d < D; ++d) {
+              double acc = 0;
+              for (int64_t l = 0; l < L; ++l) acc += z[l * D + d];
+              dst[d] = static_cast<float>(acc / double(L));
+            }
+          }
+        }
+        bar.update(b.first + b.count);
+      },
+      [&](int64_t i) { return files[size_t(i)].string(); });
+  bar.finish();
 
   if (!args.out.empty()) {
     const std::filesystem::path out = args.out;
@@ -77,7 +78,6 @@ void run_embed(const EmbedArgs& args) {
     }
   }
   if (args.json) {
-    const size_t per_image = features.size() / size_t(n);
     for (int64_t b = 0; b < n; ++b) {
       nlohmann::json j;
       j["file"] = files[b].string();

@@ -1,11 +1,13 @@
 // perceiver eval: top-1 / top-5 and per-class accuracy of a model on a labelled image set.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "common.h"
-#include "train/dataset.h"
+#include "perceiver/progress.h"
+#include "perceiver/train.h"
 
 namespace perceiver::cli {
 namespace {
@@ -19,18 +21,23 @@ struct EvalArgs {
 
 void run_eval(const EvalArgs& args) {
   train::LabelledFiles data = train::scan_labelled_data(args.data);
-  const std::filesystem::path dir = args.model.resolve_dir();
-  const PreprocessorConfig prep = model_preprocessor(dir, args.preprocess_defaults);
-  auto model = Model::load(dir, args.model.options());
+  auto model = args.model.load(args.preprocess_defaults);
   const ModelInfo& info = model->info();
   const std::vector<int> class_to_label = train::match_classes(data.classes, info.labels);
   const int C = info.num_labels;
   const int64_t n = int64_t(data.files.size());
 
   std::vector<float> logits(size_t(n) * C);
-  const double rate = train::run_model_on_images(
-      *model, prep, n, train::file_source(data.files), args.batch_size, !args.model.quiet, "evaluating",
-      [&](ForwardArgs& a, int64_t first) { a.logits = &logits[size_t(first) * C]; });
+  Progress bar("evaluating", n, !args.model.quiet);
+  model->create_context()->run_images(
+      n, file_source(data.files), args.batch_size, Context::ImageBatch::logits_output,
+      [&](const Context::ImageBatch& b) {
+        std::copy_n(b.logits, size_t(b.count) * C, &logits[size_t(b.first) * C]);
+        bar.update(b.first + b.count);
+      },
+      [&](int64_t i) { return data.files[size_t(i)].string(); });
+  const double rate = n / std::max(1e-9, bar.seconds());
+  bar.finish(n > 0 ? std::to_string(std::lround(rate)) + " images/s" : "");
 
   const size_t K = data.classes.size();
   std::vector<int64_t> class_total(K, 0), class_top1(K, 0);

@@ -10,10 +10,9 @@ void register_info(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("info", "Load a model and print its architecture, size and labels");
   args->add_to(cmd);
   cmd->callback([args]() {
-    auto dir = args->resolve_dir();
-    auto model = Model::load(dir, args->options());
+    auto model = args->load();
     const auto& info = model->info();
-    std::cout << "directory:    " << dir.string() << "\n"
+    std::cout << "directory:    " << info.model_dir.string() << "\n"
               << "architecture: " << info.architecture << "\n"
               << "backend:      " << info.backend << "\n"
               << "weights:      "

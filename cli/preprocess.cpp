@@ -1,7 +1,6 @@
 // perceiver preprocess: what the model would see for an image, as float32 [1, 3, H, W].
 #include "common.h"
-#include "formats/npy.h"
-#include "image/image.h"
+#include "perceiver/io.h"
 
 namespace perceiver::cli {
 namespace {
@@ -16,18 +15,15 @@ struct PreprocessArgs {
 };
 
 void run_preprocess(const PreprocessArgs& args) {
-  ModelArgs model;
-  model.model = args.model;
-  model.revision = args.revision;
   DecodeOptions decode;
   decode.max_pixels = args.max_image_pixels;
-  ImageU8 image = load_image(args.image, decode);
-  PreprocessorConfig config = model_preprocessor(model.resolve_dir(), args.preprocess_defaults);
-  int h, w;
-  naming_file(args.image, [&] { preprocessed_size(config, image, &h, &w); });
-  std::vector<float> pixels(size_t(3) * h * w);
-  naming_file(args.image, [&] { preprocess(image, config, pixels.data()); });
-  write_npy_f32(args.out, {1, 3, h, w}, pixels.data());
+  const Image image = decode_image_file(args.image, decode);
+  ModelOptions options;
+  options.revision = args.revision;
+  options.preprocess_defaults = args.preprocess_defaults;
+  const ImageProcessor processor = ImageProcessor::load(args.model, options);
+  const Tensor pixels = naming_file(args.image, [&] { return processor.preprocess(image); });
+  write_npy_f32(args.out, pixels.shape, pixels.data.data());
 }
 
 }  // namespace

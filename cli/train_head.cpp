@@ -5,10 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
-#include "model/config.h"
-#include "train/dataset.h"
-#include "train/export.h"
-#include "train/trainer.h"
+#include "perceiver/train.h"
 
 namespace perceiver::cli {
 namespace {
@@ -24,59 +21,40 @@ struct TrainHeadArgs {
 };
 
 void run_train_head(const TrainHeadArgs& args) {
+  train::TrainHeadOptions o;
+  o.epochs = args.epochs;
+  o.lr = args.lr;
+  o.batch_size = args.batch_size;
+  o.val_split = args.val_split;
+  o.weight_decay = args.weight_decay;
+  o.warmup = args.warmup;
+  o.seed = args.seed;
+  o.encode_batch = args.encode_batch;
+  o.max_memory_bytes = uint64_t(args.max_memory_mb * 1048576.0);
+  o.cache_dir = args.cache_dir;
+  o.progress = !args.model.quiet;
   if (args.epochs < 1) throw Error(ErrorKind::usage, "train-head: --epochs must be at least 1");
   if (args.batch_size < 1) throw Error(ErrorKind::usage, "train-head: --batch-size must be at least 1");
   if (!(args.lr > 0)) throw Error(ErrorKind::usage, "train-head: --lr must be positive");
   if (!(args.val_split >= 0 && args.val_split < 1))
     throw Error(ErrorKind::usage, "train-head: --val-split must be in [0, 1)");
-  const bool progress = !args.model.quiet;
 
-  train::LabelledFiles data = train::scan_labelled_data(args.data);
+  const train::LabelledFiles data = train::scan_labelled_data(args.data);
   if (data.classes.size() < 2)
     throw Error(ErrorKind::bad_input,
                 args.data + ": need at least two classes, found " + std::to_string(data.classes.size()));
-  const std::filesystem::path dir = args.model.resolve_dir();
-  std::error_code ec;
-  if (std::filesystem::equivalent(dir, args.out, ec))
-    throw Error(ErrorKind::usage, args.out + ": the output must not be the source model directory");
-  const PreprocessorConfig prep = model_preprocessor(dir, args.preprocess_defaults);
-  const PerceiverConfig config = load_config(dir / "config.json");
-  auto model = Model::load(dir, args.model.options());
-  if (progress)
-    std::fprintf(stderr, "%zu images in %zu classes; encoder: %s, %d latents x %d\n", data.files.size(),
-                 data.classes.size(), model->info().architecture.c_str(), model->info().num_latents,
-                 model->info().d_latents);
-
-  train::FeatureStore features = train::encode_latents(
-      *model, prep, int64_t(data.files.size()), train::file_source(data.files), args.encode_batch, progress,
-      "encoding", uint64_t(args.max_memory_mb * 1048576.0), args.cache_dir);
-  model.reset();
-
-  std::vector<int64_t> train_idx, val_idx;
-  train::split_train_val(data.labels, int(data.classes.size()), args.val_split, args.seed, &train_idx,
-                         &val_idx);
-
-  train::TrainOptions o;
-  o.epochs = args.epochs;
-  o.lr = args.lr;
-  o.batch_size = args.batch_size;
-  o.weight_decay = args.weight_decay;
-  o.warmup = args.warmup;
-  o.seed = args.seed;
-  o.init_std = train::config_initializer_range(dir);
-  o.progress = progress;
-  train::ClassifierHead<float> head(config, int(data.classes.size()));
-  auto history = train::train_head(head, features, data.labels, train_idx, val_idx, o);
-
-  train::write_model_dir(dir, args.model.weights, args.out, head, data.classes, prep);
+  auto model = args.model.load(args.preprocess_defaults);
+  const train::TrainHeadResult result = train::train_classifier_head(*model, data, args.out, o);
+  const auto& history = result.epochs;
+  const size_t train_images = size_t(result.train_images), val_images = size_t(result.val_images);
 
   const train::EpochStats& last = history.back();
   if (args.json) {
     nlohmann::json j;
     j["out"] = args.out;
     j["classes"] = data.classes;
-    j["train_images"] = train_idx.size();
-    j["val_images"] = val_idx.size();
+    j["train_images"] = train_images;
+    j["val_images"] = val_images;
     j["epochs"] = nlohmann::json::array();
     for (const auto& s : history) {
       nlohmann::json e = {{"epoch", s.epoch},
@@ -91,10 +69,10 @@ void run_train_head(const TrainHeadArgs& args) {
     }
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
-    std::printf("train: %zu images, loss %.4f, accuracy %.2f%%\n", train_idx.size(), last.train_loss,
+    std::printf("train: %zu images, loss %.4f, accuracy %.2f%%\n", train_images, last.train_loss,
                 100 * last.train_accuracy);
     if (last.has_val)
-      std::printf("val:   %zu images, loss %.4f, accuracy %.2f%%\n", val_idx.size(), last.val_loss,
+      std::printf("val:   %zu images, loss %.4f, accuracy %.2f%%\n", val_images, last.val_loss,
                   100 * last.val_accuracy);
     std::printf("wrote %s\n", args.out.c_str());
   }

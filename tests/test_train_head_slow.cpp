@@ -8,7 +8,7 @@
 #include <chrono>
 #include <cstring>
 
-#include "image/idx_dataset.h"
+#include "idx_dataset.h"
 #include "image/preprocess.h"
 #include "model/config.h"
 #include "perceiver/perceiver.h"
@@ -60,9 +60,9 @@ TEST(TrainHead, FashionMnistFreshDecoder) {
 
   auto t0 = std::chrono::steady_clock::now();
   train::FeatureStore train_features = train::encode_latents(
-      *model, prep, 6000, [&](int64_t i) { return idx_image_rgb(train_images, picked[i]); }, 100, false);
+      *model, 6000, [&](int64_t i) { return idx_image_rgb(train_images, picked[i]); }, 100, false);
   train::FeatureStore test_features = train::encode_latents(
-      *model, prep, test_images.count, [&](int64_t i) { return idx_image_rgb(test_images, i); }, 100, false);
+      *model, test_images.count, [&](int64_t i) { return idx_image_rgb(test_images, i); }, 100, false);
   const double encode_s = seconds_since(t0);
 
   train::TrainOptions options;

@@ -72,7 +72,8 @@ struct ModelInfo {
   int fixed_image_height = 0, fixed_image_width = 0;  // learned model: the only size it admits; else 0
   int64_t num_parameters = 0;
   bool weights_in_place = false;  // some layers read their weights straight from the mapped weights file
-  std::filesystem::path model_dir;  // where config.json was read (the hub snapshot for hub ids); empty if random
+  std::filesystem::path model_dir;     // where config.json was read (the hub snapshot for hub ids); empty if random
+  std::filesystem::path weights_file;  // the weights file read; empty if random
   std::string config_json;          // the text of config.json
   bool has_preprocessor = false;    // images can be classified (preprocessor_config.json or defaults)
   int image_height = 0, image_width = 0;  // the preprocessor's output size (0 when it has none)
@@ -119,6 +120,32 @@ struct Tensor {
 
 class Model;
 
+// The directory of a model: `model` itself when it is a directory, else the hub snapshot of the repo id it
+// names (downloaded into the Hugging Face cache once; ModelOptions::revision, hub_progress). Throws
+// Error(model) / Error(network).
+std::filesystem::path resolve_model_dir(const std::filesystem::path& model, const ModelOptions& options = {});
+
+// PerceiverImageProcessor as a model's preprocessor_config.json configures it (bit-faithful to transformers'
+// PIL path: centre crop, Pillow resize, rescale, normalise). Immutable, thread-safe.
+class ImageProcessor {
+ public:
+  // The processor of a model directory or hub id, without loading the weights: its preprocessor_config.json,
+  // or PerceiverImageProcessor's defaults when it has none and options.preprocess_defaults is set; else
+  // throws Error(model).
+  static ImageProcessor load(const std::filesystem::path& model, const ModelOptions& options = {});
+  // The output's [height, width] for this image.
+  void preprocessed_size(const Image& image, int* height, int* width) const;
+  // Normalised pixels [3, height, width] into `out`.
+  void preprocess(const Image& image, float* out) const;
+  Tensor preprocess(const Image& image) const;  // [1, 3, H, W]
+
+  struct Config;
+  explicit ImageProcessor(std::shared_ptr<const Config> config) : config_(std::move(config)) {}
+
+ private:
+  std::shared_ptr<const Config> config_;
+};
+
 // Everything one forward pass writes. Sized on first use for a (batch, image size) and reused without
 // allocation for the same shapes. Not thread-safe: one thread at a time. Must not outlive its model.
 class Context {
@@ -157,8 +184,10 @@ class Context {
     const float* latents = nullptr;           // [count, num_latents, d_latents]
     const float* decoder_features = nullptr;  // [count, d_latents]
   };
+  // `name`, when given, names image i in error messages ("<name>: <problem>"), e.g. its file.
   void run_images(int64_t count, const std::function<Image(int64_t index)>& source, int batch_size,
-                  unsigned outputs, const std::function<void(const ImageBatch&)>& sink);
+                  unsigned outputs, const std::function<void(const ImageBatch&)>& sink,
+                  const std::function<std::string(int64_t index)>& name = nullptr);
 
   struct Impl;
 

@@ -12,7 +12,14 @@
 namespace perceiver {
 namespace {
 
-// A directory as is; otherwise a hub repo id, downloaded into the Hugging Face cache.
+const char* const kMissingPreprocessor =
+    ": missing; pass --preprocess-defaults (ModelOptions::preprocess_defaults) to use PerceiverImageProcessor's "
+    "defaults (crop 224/256, bicubic 224x224, ImageNet mean/std)";
+
+std::string read_text(const std::filesystem::path& path);
+
+}  // namespace
+
 std::filesystem::path resolve_model_dir(const std::filesystem::path& model, const ModelOptions& options) {
   std::error_code ec;
   if (std::filesystem::is_directory(model, ec)) return model;
@@ -30,6 +37,8 @@ std::filesystem::path resolve_model_dir(const std::filesystem::path& model, cons
   throw Error(ErrorKind::model, name + ": not a model directory (this build has no hub support)");
 #endif
 }
+
+namespace {
 
 std::string read_text(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -64,7 +73,7 @@ std::unique_ptr<Model> Model::load(const std::filesystem::path& model_path, cons
   WeightReader reader(*file);
   auto model = std::make_unique<PerceiverModel>(std::move(config), reader, options);
   model->keep_mapped_file(std::move(file));  // else the file and its mapping go away here
-  model->set_source(model_dir, read_text(model_dir / "config.json"));
+  model->set_source(model_dir, weights_path, read_text(model_dir / "config.json"));
   attach_image_processor(*model, model_dir, options.preprocess_defaults);
   return model;
 }
@@ -73,7 +82,7 @@ std::unique_ptr<Model> Model::create_random(const std::string& config_json, uint
                                             const ModelOptions& options) {
   WeightReader reader(seed);
   auto model = std::make_unique<PerceiverModel>(parse_config(config_json, "config.json"), reader, options);
-  model->set_source({}, config_json);
+  model->set_source({}, {}, config_json);
   if (options.preprocess_defaults) model->set_preprocessor(PreprocessorConfig{});
   return model;
 }
@@ -89,8 +98,7 @@ const PreprocessorConfig& PerceiverModel::image_processor() const {
   if (!image_processor_)
     throw Error(ErrorKind::model,
                 (info_.model_dir.empty() ? std::string("model") : (info_.model_dir / "preprocessor_config.json").string()) +
-                    ": missing; pass --preprocess-defaults (ModelOptions::preprocess_defaults) to use "
-                    "PerceiverImageProcessor's defaults (crop 224/256, bicubic 224x224, ImageNet mean/std)");
+                    kMissingPreprocessor);
   return *image_processor_;
 }
 
@@ -100,6 +108,44 @@ void PerceiverModel::preprocessed_size(const Image& image, int* height, int* wid
 
 void PerceiverModel::preprocess(const Image& image, float* out) const {
   perceiver::preprocess(image, image_processor(), out);
+}
+
+}  // namespace perceiver
+
+namespace perceiver {
+
+struct ImageProcessor::Config {
+  PreprocessorConfig config;
+};
+
+ImageProcessor ImageProcessor::load(const std::filesystem::path& model, const ModelOptions& options) {
+  const std::filesystem::path dir = resolve_model_dir(model, options);
+  const auto path = dir / "preprocessor_config.json";
+  auto config = std::make_shared<Config>();
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec))
+    config->config = load_preprocessor_config(path);
+  else if (!options.preprocess_defaults)
+    throw Error(ErrorKind::model, path.string() + kMissingPreprocessor);
+  return ImageProcessor(std::move(config));
+}
+
+void ImageProcessor::preprocessed_size(const Image& image, int* height, int* width) const {
+  perceiver::preprocessed_size(config_->config, image, height, width);
+}
+
+void ImageProcessor::preprocess(const Image& image, float* out) const {
+  perceiver::preprocess(image, config_->config, out);
+}
+
+Tensor ImageProcessor::preprocess(const Image& image) const {
+  Tensor t;
+  int h = 0, w = 0;
+  preprocessed_size(image, &h, &w);
+  t.shape = {1, 3, h, w};
+  t.data.resize(size_t(3) * h * w);
+  preprocess(image, t.data.data());
+  return t;
 }
 
 }  // namespace perceiver

@@ -12,7 +12,14 @@
 namespace perceiver {
 
 void Context::run_images(int64_t count, const std::function<Image(int64_t)>& source, int batch_size,
-                         unsigned outputs, const std::function<void(const ImageBatch&)>& sink) {
+                         unsigned outputs, const std::function<void(const ImageBatch&)>& sink,
+                         const std::function<std::string(int64_t)>& name) {
+  // An error about image i, named as the caller names it (unless the message names it already).
+  auto named = [&](int64_t i, const Error& e) {
+    if (!name) return e;
+    const std::string n = name(i), what = e.what();
+    return what.rfind(n, 0) == 0 ? e : Error(e.kind(), n + ": " + what);
+  };
   const Model& m = model();
   const ModelInfo& info = m.info();
   if (!info.has_preprocessor) {
@@ -31,10 +38,15 @@ void Context::run_images(int64_t count, const std::function<Image(int64_t)>& sou
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
     for (int i = 0; i < n; ++i) {
       try {
-        const Image image = source(start + i);
-        m.preprocessed_size(image, &heights[i], &widths[i]);
-        pixels[i].resize(size_t(3) * heights[i] * widths[i]);
-        m.preprocess(image, pixels[i].data());
+        try {
+          const Image image = source(start + i);
+          m.preprocessed_size(image, &heights[i], &widths[i]);
+          m.check_input_size(heights[i], widths[i]);
+          pixels[i].resize(size_t(3) * heights[i] * widths[i]);
+          m.preprocess(image, pixels[i].data());
+        } catch (const Error& e) {
+          throw named(start + i, e);
+        }
       } catch (...) {
         errors[i] = std::current_exception();
       }

@@ -30,9 +30,14 @@ class PerceiverModel final : public Model {
   using Model::forward;
   using Model::preprocess;
 
+  const PerceiverConfig& config() const { return config_; }
+  // preprocessor_config.json (or HF's defaults); throws Error(model) when the model has none.
+  const PreprocessorConfig& image_processor() const;
+
   // Set by the loader (src/api/load.cpp).
-  void set_source(std::filesystem::path model_dir, std::string config_json) {
+  void set_source(std::filesystem::path model_dir, std::filesystem::path weights_file, std::string config_json) {
     info_.model_dir = std::move(model_dir);
+    info_.weights_file = std::move(weights_file);
     info_.config_json = std::move(config_json);
   }
   void set_preprocessor(const PreprocessorConfig& config);
@@ -47,7 +52,6 @@ class PerceiverModel final : public Model {
  private:
   int auto_images_per_pass(int height, int width) const;
   void forward_pass(Context::Impl& context, const ForwardArgs& args) const;  // one pass of images
-  const PreprocessorConfig& image_processor() const;
 
   std::unique_ptr<TensorFile> mapped_file_;  // weights read in place by the backend (fp32, safetensors)
   PerceiverConfig config_;

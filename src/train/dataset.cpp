@@ -12,7 +12,7 @@
 #include <fstream>
 #include <map>
 
-#include "train/progress.h"
+#include "perceiver/progress.h"
 #include "train/rng.h"
 
 namespace perceiver::train {
@@ -231,62 +231,20 @@ ImageSource file_source(const std::vector<std::filesystem::path>& files) {
   return [files](int64_t i) { return load_image(files[size_t(i)], DecodeOptions{}); };
 }
 
-double run_model_on_images(Model& model, const PreprocessorConfig& prep, int64_t count,
-                           const ImageSource& source, int batch, bool progress, const std::string& label,
-                           const std::function<void(ForwardArgs& args, int64_t first)>& bind) {
-  batch = std::max(1, batch);
+FeatureStore encode_latents(const Model& model, int64_t count, const ImageSource& source, int batch,
+                            bool progress, const std::string& label, uint64_t max_memory_bytes,
+                            const std::filesystem::path& cache_dir) {
+  const ModelInfo& info = model.info();
+  const size_t row = size_t(info.num_latents) * info.d_latents;
+  FeatureStore store(count, int64_t(row), max_memory_bytes, cache_dir);
   Progress bar(label, count, progress);
-  std::vector<std::vector<float>> pixels(batch);
-  std::vector<int> heights(batch), widths(batch);
-  std::vector<float> packed;
-  for (int64_t start = 0; start < count; start += batch) {
-    const int n = static_cast<int>(std::min<int64_t>(batch, count - start));
-    std::exception_ptr error;
-#pragma omp parallel for schedule(dynamic)
-    for (int i = 0; i < n; ++i) {
-      try {
-        ImageU8 image = source(start + i);
-        preprocessed_size(prep, image, &heights[i], &widths[i]);
-        pixels[i].resize(size_t(3) * heights[i] * widths[i]);
-        preprocess(image, prep, pixels[i].data());
-      } catch (...) {
-#pragma omp critical
-        if (!error) error = std::current_exception();
-      }
-    }
-    if (error) std::rethrow_exception(error);
-    // Consecutive runs of equally sized images go through the model together.
-    for (int i = 0; i < n;) {
-      int j = i + 1;
-      while (j < n && heights[j] == heights[i] && widths[j] == widths[i]) ++j;
-      const int H = heights[i], W = widths[i], m = j - i;
-      model.check_input_size(H, W);
-      packed.resize(size_t(m) * 3 * H * W);
-      for (int t = 0; t < m; ++t)
-        std::memcpy(&packed[size_t(t) * 3 * H * W], pixels[i + t].data(), sizeof(float) * 3 * H * W);
-      ForwardArgs args;
-      args.pixels = packed.data();
-      args.batch = m;
-      args.height = H;
-      args.width = W;
-      bind(args, start + i);
-      model.forward(args);
-      i = j;
-    }
-    bar.update(start + n);
-  }
+  model.create_context()->run_images(count, source, batch, Context::ImageBatch::latents_output,
+                                     [&](const Context::ImageBatch& b) {
+                                       std::memcpy(store.row(b.first), b.latents, sizeof(float) * b.count * row);
+                                       bar.update(b.first + b.count);
+                                     });
   const double rate = count / std::max(1e-9, bar.seconds());
   bar.finish(count > 0 ? std::to_string(std::lround(rate)) + " images/s" : "");
-  return rate;
-}
-
-FeatureStore encode_latents(Model& model, const PreprocessorConfig& prep, int64_t count,
-                            const ImageSource& source, int batch, bool progress, const std::string& label,
-                            uint64_t max_memory_bytes, const std::filesystem::path& cache_dir) {
-  const ModelInfo& info = model.info();
-  FeatureStore store(count, int64_t(info.num_latents) * info.d_latents, max_memory_bytes, cache_dir);
-  run_model_on_images(model, prep, count, source, batch, progress, label,
-                      [&](ForwardArgs& args, int64_t first) { args.latents = store.row(first); });
   return store;
 }
 

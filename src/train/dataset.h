@@ -10,29 +10,9 @@
 #include "image/image.h"
 #include "image/preprocess.h"
 #include "perceiver/perceiver.h"
+#include "perceiver/train.h"
 
 namespace perceiver::train {
-
-struct LabelledFiles {
-  std::vector<std::filesystem::path> files;
-  std::vector<int> labels;           // index into classes
-  std::vector<std::string> classes;  // sorted class names
-};
-
-// `data` is either
-//   - a folder with one sub-folder per class (the sub-folder's name is the label) holding
-//   .jpg/.jpeg/.png/.webp
-//     images (searched recursively, sorted); sub-folders without images are skipped, or
-//   - a .csv file of `file,label` lines (an optional first line "file,label" is skipped; relative paths are
-//     relative to the CSV's folder; a field may be double-quoted).
-// Classes are sorted by name; files keep folder (sorted) or CSV order. Throws Error(bad_input).
-LabelledFiles scan_labelled_data(const std::filesystem::path& data);
-
-// Maps each data class to the model label of the same name: exact match first, else the same after
-// lowercasing and dropping everything but letters and digits ("t_shirt_top" matches "T-shirt/top"). Throws
-// Error(bad_input) naming the classes that match nothing.
-std::vector<int> match_classes(const std::vector<std::string>& classes,
-                               const std::vector<std::string>& labels);
 
 // Stratified split: per class, a seeded shuffle puts round(fraction * n) images (at least one when fraction >
 // 0 and the class has two or more) in validation. Both lists come back in ascending index order.
@@ -70,17 +50,10 @@ class FeatureStore {
 // An image source: image `i` of `count`, already decoded to 8-bit RGB. Called from several threads at once.
 using ImageSource = std::function<ImageU8(int64_t index)>;
 
-// Runs the model on every image (preprocessed with `prep`, `batch` at a time, decoding in parallel). For each
-// forward pass, `bind` sets the output pointers of `args` (logits, latents, decoder_features) for images
-// [first, first + args.batch). `progress` shows a bar labelled `label` on stderr. Returns images per second.
-double run_model_on_images(Model& model, const PreprocessorConfig& prep, int64_t count,
-                           const ImageSource& source, int batch, bool progress, const std::string& label,
-                           const std::function<void(ForwardArgs& args, int64_t first)>& bind);
-
-// Runs the model's encoder on every image (preprocessed with `prep`, `batch` at a time, decoding in parallel)
-// and stores the latents [num_latents * d_latents] per image. `progress` shows a bar labelled `label` on
-// stderr.
-FeatureStore encode_latents(Model& model, const PreprocessorConfig& prep, int64_t count,
+// Runs the model's encoder on every image (its image pipeline, Context::run_images: `batch` at a time,
+// decoding in parallel) and stores the latents [num_latents * d_latents] per image. `progress` shows a bar
+// labelled `label` on stderr.
+FeatureStore encode_latents(const Model& model, int64_t count,
                             const ImageSource& source, int batch, bool progress,
                             const std::string& label = "encoding",
                             uint64_t max_memory_bytes = uint64_t(4) << 30,

@@ -7,7 +7,7 @@
 
 #include "perceiver/error.h"
 #include "train/ops.h"
-#include "train/progress.h"
+#include "perceiver/progress.h"
 
 namespace perceiver::train {
 namespace {

@@ -12,14 +12,6 @@
 
 namespace perceiver::train {
 
-struct EpochStats {
-  int epoch = 0, epochs = 0;                  // 1-based
-  double train_loss = 0, train_accuracy = 0;  // running means over the epoch's batches
-  bool has_val = false;
-  double val_loss = 0, val_accuracy = 0;
-  double seconds = 0;
-};
-
 struct TrainOptions {
   int epochs = 10;
   double lr = 1e-3;      // peak learning rate

@@ -1,5 +1,6 @@
-// A one-line progress bar on stderr, redrawn with '\r' at most ~10 times a second. When the stream is not a
-// terminal (a log file, CI), only the final line is written.
+// perceiver.cpp: a one-line progress bar on stderr, redrawn with '\r' at most ~10 times a second. When the
+// stream is not a terminal (a log file, CI), only the final line is written. Used by the CLI and by the
+// library's long-running calls (train_classifier_head).
 #pragma once
 
 #include <chrono>
@@ -7,7 +8,7 @@
 #include <cstdio>
 #include <string>
 
-namespace perceiver::train {
+namespace perceiver {
 
 class Progress {
  public:
@@ -36,4 +37,4 @@ class Progress {
 // "1:05", "0:07": seconds as m:ss (h:mm:ss past an hour).
 std::string format_duration(double seconds);
 
-}  // namespace perceiver::train
+}  // namespace perceiver

@@ -1,11 +1,11 @@
-#include "train/progress.h"
+#include "perceiver/progress.h"
 
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 
-namespace perceiver::train {
+namespace perceiver {
 
 std::string format_duration(double seconds) {
   const long s = std::lround(std::max(0.0, seconds));
@@ -70,4 +70,4 @@ void Progress::draw(int64_t done, const std::string& note) {
   std::fflush(out_);
 }
 
-}  // namespace perceiver::train
+}  // namespace perceiver
