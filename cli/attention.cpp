@@ -6,7 +6,7 @@
 #include <cstdio>
 
 #include "common.h"
-#include "formats/npy.h"
+#include "perceiver/io.h"
 
 namespace perceiver::cli {
 namespace {
