@@ -1,4 +1,4 @@
-"""Builds perceiver/_perceiver*.so with CMake for `pip install --no-build-isolation .` (see pyproject.toml)."""
+"""Builds the extension module perceiver*.so with CMake for `pip install --no-build-isolation .` (see pyproject.toml)."""
 import os
 import pathlib
 import subprocess
@@ -18,10 +18,10 @@ class CMakeBuild(build_ext):
                         "-DPERCEIVER_BUILD_BENCH=OFF", "-DPERCEIVER_BUILD_SHARED=OFF"], check=True)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 1))
         subprocess.run(["cmake", "--build", str(build), "--target", "perceiver_python", "-j", jobs], check=True)
-        built = next((build / "python" / "perceiver").glob("_perceiver*.so"))
+        built = next((build / "python").glob("perceiver*.so"))
         target = pathlib.Path(self.get_ext_fullpath(ext.name))
         target.parent.mkdir(parents=True, exist_ok=True)
         self.copy_file(str(built), str(target))
 
 
-setup(ext_modules=[Extension("perceiver._perceiver", sources=[])], cmdclass={"build_ext": CMakeBuild})
+setup(ext_modules=[Extension("perceiver", sources=[])], cmdclass={"build_ext": CMakeBuild})

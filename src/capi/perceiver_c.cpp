@@ -1,235 +1,121 @@
-// The C API (include/perceiver/perceiver_c.h) on the public C++ API: every entry point catches everything and
-// turns it into a status + one line in the caller's buffer.
+// The C API (include/perceiver/perceiver_c.h) over the public C++ API: every exception becomes a status and
+// a message in the caller's buffer.
 #include "perceiver/perceiver_c.h"
 
-#include <algorithm>
-#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <new>
 #include <nlohmann/json.hpp>
-#include <string>
 
 #include "perceiver/perceiver.h"
 
 struct perceiver_model {
   std::unique_ptr<perceiver::Model> model;
-  perceiver::DecodeOptions decode;
-  std::mutex mutex;                             // guards `context`
-  std::unique_ptr<perceiver::Context> context;  // the model-level calls' context, made on first use
-};
-
-struct perceiver_context {
-  const perceiver_model* owner = nullptr;
+  std::mutex mutex;  // guards `context`, the model-level calls' shared context
   std::unique_ptr<perceiver::Context> context;
 };
 
-struct perceiver_image {
-  perceiver::Image image;
+struct perceiver_context {
+  std::unique_ptr<perceiver::Context> context;
 };
 
 namespace {
 
-using perceiver::Error;
-using perceiver::ErrorKind;
+using namespace perceiver;
 
-void write_message(char* err, size_t err_size, const char* message) {
-  if (err == nullptr || err_size == 0) return;
-  std::snprintf(err, err_size, "%s", message);
+void set_error(char* err, size_t err_size, const std::string& message) {
+  if (!err || err_size == 0) return;
+  const size_t n = std::min(message.size(), err_size - 1);
+  std::memcpy(err, message.data(), n);
+  err[n] = '\0';
 }
 
-// Runs `body`, mapping every exception to a status and a message.
-template <typename F>
+// Runs body; 0, or the error's exit code with its message in err.
+template <class F>
 int guarded(char* err, size_t err_size, F&& body) {
-  write_message(err, err_size, "");
   try {
     body();
-    return PERCEIVER_OK;
+    set_error(err, err_size, "");
+    return 0;
   } catch (const Error& e) {
-    write_message(err, err_size, e.what());
+    set_error(err, err_size, e.what());
     return e.exit_code();
   } catch (const std::bad_alloc&) {
-    write_message(err, err_size, "out of memory");
-    return PERCEIVER_ERR_UNEXPECTED;
+    set_error(err, err_size, "out of memory");
+    return 1;
   } catch (const std::exception& e) {
-    write_message(err, err_size, e.what());
-    return PERCEIVER_ERR_UNEXPECTED;
+    set_error(err, err_size, e.what());
+    return 1;
   } catch (...) {
-    write_message(err, err_size, "unknown error");
-    return PERCEIVER_ERR_UNEXPECTED;
+    set_error(err, err_size, "unknown error");
+    return 1;
   }
 }
 
-void require(bool condition, const char* message) {
-  if (!condition) throw Error(ErrorKind::usage, message);
+void require(bool ok, const char* what) {
+  if (!ok) throw Error(ErrorKind::usage, what);
 }
 
-// Options JSON -> ModelOptions (+ the decoder's pixel limit); unknown keys and wrong types are usage errors.
-void parse_options(const char* options_json, perceiver::ModelOptions& options,
-                   perceiver::DecodeOptions& decode) {
-  if (options_json == nullptr || *options_json == '\0') return;
+ModelOptions parse_options(const char* options_json) {
+  ModelOptions o;
+  if (!options_json || !*options_json) return o;
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(options_json);
   } catch (const nlohmann::json::exception& e) {
-    throw Error(ErrorKind::usage, std::string("options_json: not valid JSON (") + e.what() + ")");
+    throw Error(ErrorKind::usage, std::string("options_json: not JSON: ") + e.what());
   }
-  if (!j.is_object()) throw Error(ErrorKind::usage, "options_json: must be a JSON object");
+  if (!j.is_object()) throw Error(ErrorKind::usage, "options_json: expected a JSON object");
   for (const auto& [key, value] : j.items()) {
-    auto bad = [&key = key](const char* expected) {
-      return Error(ErrorKind::usage, "options_json: \"" + key + "\" must be " + expected);
-    };
-    auto as_string = [&]() {
-      if (!value.is_string()) throw bad("a string");
-      return value.get<std::string>();
-    };
-    auto as_int = [&]() {
-      if (!value.is_number_integer()) throw bad("an integer");
-      return value.get<int64_t>();
-    };
-    auto as_bool = [&]() {
-      if (!value.is_boolean()) throw bad("true or false");
-      return value.get<bool>();
-    };
+    auto bad = [&](const char* want) { throw Error(ErrorKind::usage, "options_json: '" + key + "' must be " + want); };
     if (key == "precision") {
-      options.precision = perceiver::parse_precision(as_string());
+      if (!value.is_string()) bad("a string");
+      o.precision = parse_precision(value.get<std::string>());
     } else if (key == "threads") {
-      options.threads = int(std::clamp<int64_t>(as_int(), -1, 4096));
+      if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > 1024)
+        bad("an integer in 0..1024");
+      o.threads = value.get<int>();
     } else if (key == "backend") {
-      options.backend = as_string();
+      if (!value.is_string()) bad("a string");
+      o.backend = value.get<std::string>();
     } else if (key == "revision") {
-      options.revision = as_string();
-    } else if (key == "weights_file") {
-      options.weights_file = as_string();
-    } else if (key == "mmap_weights") {
-      options.mmap_weights = as_bool();
-    } else if (key == "images_per_pass") {
-      options.images_per_pass = int(std::clamp<int64_t>(as_int(), 0, 1 << 20));
+      if (!value.is_string()) bad("a string");
+      o.revision = value.get<std::string>();
+    } else if (key == "weights") {
+      if (!value.is_string()) bad("a string");
+      o.weights_file = value.get<std::string>();
+    } else if (key == "mmap") {
+      if (!value.is_boolean()) bad("true or false");
+      o.mmap_weights = value.get<bool>();
     } else if (key == "preprocess_defaults") {
-      options.preprocess_defaults = as_bool();
-    } else if (key == "hub_progress") {
-      options.hub_progress = as_bool();
-    } else if (key == "max_image_pixels") {
-      const int64_t limit = as_int();
-      decode.max_pixels = limit > 0 ? limit : perceiver::DecodeOptions{}.max_pixels;
+      if (!value.is_boolean()) bad("true or false");
+      o.preprocess_defaults = value.get<bool>();
     } else {
-      throw Error(ErrorKind::usage, "options_json: unknown option \"" + key + "\"");
+      throw Error(ErrorKind::usage, "options_json: unknown option '" + key + "'");
     }
   }
+  return o;
 }
 
-perceiver::Pool to_pool(perceiver_pool pool) {
-  switch (pool) {
-    case PERCEIVER_POOL_MEAN:
-      return perceiver::Pool::mean;
-    case PERCEIVER_POOL_LATENTS:
-      return perceiver::Pool::latents;
-    case PERCEIVER_POOL_DECODER:
-      return perceiver::Pool::decoder;
-  }
-  throw Error(ErrorKind::usage, "pool: not PERCEIVER_POOL_MEAN, _LATENTS or _DECODER");
+// Runs fn on the model's shared context, under its mutex.
+template <class F>
+void with_model_context(perceiver_model* m, F&& fn) {
+  require(m, "model is NULL");
+  std::lock_guard<std::mutex> lock(m->mutex);
+  if (!m->context) m->context = m->model->create_context();
+  fn(*m->context);
 }
 
-size_t embedding_size(const perceiver::ModelInfo& info, perceiver::Pool pool) {
-  const size_t L = size_t(info.num_latents), D = size_t(info.d_latents);
-  return pool == perceiver::Pool::latents ? L * D : D;
+void classify_image(Context& ctx, const Image& image, float* logits) {
+  require(logits, "logits is NULL");
+  const Tensor t = ctx.logits(std::vector<Image>{image}, 1);
+  std::memcpy(logits, t.data.data(), sizeof(float) * t.data.size());
 }
 
-// Logits [count, num_labels] of the images `source` gives, `name(i)` naming image i in errors.
-void run_logits(perceiver::Context& context, int64_t count,
-                const std::function<perceiver::Image(int64_t)>& source,
-                const std::function<std::string(int64_t)>& name, int batch_size, float* logits) {
-  const size_t labels = size_t(context.model().info().num_labels);
-  context.run_images(
-      count, source, batch_size > 0 ? batch_size : 8, perceiver::Context::ImageBatch::logits_output,
-      [&](const perceiver::Context::ImageBatch& b) {
-        std::memcpy(logits + size_t(b.first) * labels, b.logits, sizeof(float) * size_t(b.count) * labels);
-      },
-      name);
-}
-
-void classify_file(perceiver::Context& context, const perceiver::DecodeOptions& decode, const char* path,
-                   float* logits) {
-  require(path != nullptr, "path: NULL");
-  require(logits != nullptr, "logits: NULL");
-  const std::string file = path;
-  run_logits(
-      context, 1, [&](int64_t) { return perceiver::decode_image_file(file, decode); },
-      [&](int64_t) { return file; }, 1, logits);
-}
-
-void classify_encoded(perceiver::Context& context, const perceiver::DecodeOptions& decode, const void* data,
-                      size_t size, float* logits) {
-  require(data != nullptr || size == 0, "data: NULL");
-  require(logits != nullptr, "logits: NULL");
-  run_logits(
-      context, 1, [&](int64_t) { return perceiver::decode_image(data, size, "<image bytes>", decode); },
-      [](int64_t) { return std::string("<image bytes>"); }, 1, logits);
-}
-
-void check_images(const perceiver_image* const* images, int count) {
-  require(count >= 0, "count: negative");
-  require(images != nullptr || count == 0, "images: NULL");
-  for (int i = 0; i < count; ++i)
-    if (images[i] == nullptr) throw Error(ErrorKind::usage, "images[" + std::to_string(i) + "]: NULL");
-}
-
-std::string image_name(int64_t i) { return "images[" + std::to_string(i) + "]"; }
-
-void classify_images(perceiver::Context& context, const perceiver_image* const* images, int count,
-                     int batch_size, float* logits) {
-  check_images(images, count);
-  require(logits != nullptr || count == 0, "logits: NULL");
-  run_logits(
-      context, count, [&](int64_t i) { return images[i]->image; }, image_name, batch_size, logits);
-}
-
-void forward(perceiver::Context& context, const float* pixels, int batch, int height, int width,
-             float* logits) {
-  require(pixels != nullptr, "pixels: NULL");
-  require(logits != nullptr, "logits: NULL");
-  require(batch >= 1, "batch: must be at least 1");
-  require(height >= 1 && width >= 1, "height, width: must be positive");
-  context.model().check_input_size(height, width);
-  context.logits(pixels, batch, height, width, logits);
-}
-
-void embed(perceiver::Context& context, const perceiver_image* const* images, int count, perceiver_pool pool,
-           float* out) {
-  check_images(images, count);
-  const perceiver::Pool p = to_pool(pool);
-  require(out != nullptr || count == 0, "out: NULL");
-  if (count == 0) return;
-  const perceiver::ModelInfo& info = context.model().info();
-  std::vector<perceiver::Image> batch;
-  batch.reserve(size_t(count));
-  for (int i = 0; i < count; ++i) batch.push_back(images[i]->image);
-  const perceiver::Tensor t = context.embed(batch, p);
-  std::memcpy(out, t.data.data(), sizeof(float) * embedding_size(info, p) * size_t(count));
-}
-
-// Runs `body` on the model's internal context under its mutex.
-template <typename F>
-int on_model_context(perceiver_model* model, char* err, size_t err_size, F&& body) {
-  return guarded(err, err_size, [&] {
-    require(model != nullptr, "model: NULL");
-    std::lock_guard<std::mutex> lock(model->mutex);
-    if (!model->context) model->context = model->model->create_context();
-    body(*model->context, model->decode);
-  });
-}
-
-template <typename F>
-int on_context(perceiver_context* context, char* err, size_t err_size, F&& body) {
-  return guarded(err, err_size, [&] {
-    require(context != nullptr, "context: NULL");
-    body(*context->context, context->owner->decode);
-  });
-}
-
-int make_image(perceiver::Image&& decoded, perceiver_image** image) {
-  *image = new perceiver_image{std::move(decoded)};
-  return PERCEIVER_OK;
+void forward_pixels(Context& ctx, const float* pixels, int batch, int height, int width, float* logits) {
+  require(pixels && logits, "pixels or logits is NULL");
+  require(batch > 0, "batch must be positive");
+  ctx.logits(pixels, batch, height, width, logits);
 }
 
 }  // namespace
@@ -238,224 +124,137 @@ extern "C" {
 
 const char* perceiver_version(void) { return PERCEIVER_VERSION; }
 
-int perceiver_model_load_ex(const char* dir_or_repo_id, const char* options_json, perceiver_model** model,
-                            char* err, size_t err_size) {
-  if (model != nullptr) *model = nullptr;
-  return guarded(err, err_size, [&] {
-    require(model != nullptr, "model: NULL");
-    require(dir_or_repo_id != nullptr && *dir_or_repo_id != '\0', "dir_or_repo_id: empty");
-    perceiver::ModelOptions options;
-    perceiver::DecodeOptions decode;
-    parse_options(options_json, options, decode);
-    auto loaded = std::make_unique<perceiver_model>();
-    loaded->model = perceiver::Model::load(dir_or_repo_id, options);
-    loaded->decode = decode;
-    *model = loaded.release();
-  });
-}
-
 perceiver_model* perceiver_model_load(const char* dir_or_repo_id, const char* options_json, char* err,
                                       size_t err_size) {
-  perceiver_model* model = nullptr;
-  perceiver_model_load_ex(dir_or_repo_id, options_json, &model, err, err_size);
-  return model;
+  perceiver_model* result = nullptr;
+  guarded(err, err_size, [&] {
+    require(dir_or_repo_id, "dir_or_repo_id is NULL");
+    auto m = std::make_unique<perceiver_model>();
+    m->model = Model::load(dir_or_repo_id, parse_options(options_json));
+    result = m.release();
+  });
+  return result;
 }
 
 void perceiver_model_free(perceiver_model* model) { delete model; }
 
-int perceiver_model_num_labels(const perceiver_model* model) {
-  return model ? model->model->info().num_labels : 0;
+int perceiver_model_num_labels(const perceiver_model* m) { return m ? m->model->info().num_labels : 0; }
+
+const char* perceiver_model_label(const perceiver_model* m, int id) {
+  if (!m || id < 0 || id >= m->model->info().num_labels) return nullptr;
+  return m->model->info().labels[size_t(id)].c_str();
 }
 
-const char* perceiver_model_label(const perceiver_model* model, int id) {
-  if (model == nullptr) return nullptr;
-  const auto& labels = model->model->info().labels;
-  if (id < 0 || size_t(id) >= labels.size()) return nullptr;
-  return labels[size_t(id)].c_str();
+int perceiver_model_num_latents(const perceiver_model* m) { return m ? m->model->info().num_latents : 0; }
+int perceiver_model_d_latents(const perceiver_model* m) { return m ? m->model->info().d_latents : 0; }
+
+void perceiver_model_image_size(const perceiver_model* m, int* height, int* width) {
+  if (height) *height = m ? m->model->info().image_height : 0;
+  if (width) *width = m ? m->model->info().image_width : 0;
 }
 
-const char* perceiver_model_config_json(const perceiver_model* model) {
-  return model ? model->model->info().config_json.c_str() : nullptr;
-}
-
-int perceiver_model_image_size(const perceiver_model* model, int* height, int* width) {
-  if (height) *height = 0;
-  if (width) *width = 0;
-  if (model == nullptr) return PERCEIVER_ERR_USAGE;
-  const perceiver::ModelInfo& info = model->model->info();
-  if (!info.has_preprocessor) return PERCEIVER_ERR_MODEL;
-  if (height) *height = info.image_height;
-  if (width) *width = info.image_width;
-  return PERCEIVER_OK;
-}
-
-void perceiver_model_latent_shape(const perceiver_model* model, int* num_latents, int* d_latents) {
-  if (num_latents) *num_latents = model ? model->model->info().num_latents : 0;
-  if (d_latents) *d_latents = model ? model->model->info().d_latents : 0;
-}
-
-size_t perceiver_model_embedding_size(const perceiver_model* model, perceiver_pool pool) {
-  if (model == nullptr) return 0;
-  try {
-    return embedding_size(model->model->info(), to_pool(pool));
-  } catch (const Error&) {
-    return 0;
-  }
-}
-
-perceiver_context* perceiver_context_new(const perceiver_model* model, char* err, size_t err_size) {
-  perceiver_context* context = nullptr;
-  guarded(err, err_size, [&] {
-    require(model != nullptr, "model: NULL");
-    auto made = std::make_unique<perceiver_context>();
-    made->owner = model;
-    made->context = model->model->create_context();
-    context = made.release();
+int perceiver_classify_file(perceiver_model* m, const char* path, float* logits, char* err, size_t err_size) {
+  return guarded(err, err_size, [&] {
+    require(path, "path is NULL");
+    const Image image = decode_image_file(path);
+    with_model_context(m, [&](Context& ctx) { classify_image(ctx, image, logits); });
   });
-  return context;
+}
+
+int perceiver_classify_encoded(perceiver_model* m, const void* data, size_t size, float* logits, char* err,
+                               size_t err_size) {
+  return guarded(err, err_size, [&] {
+    require(data || size == 0, "data is NULL");
+    const Image image = decode_image(data, size, "<encoded image>");
+    with_model_context(m, [&](Context& ctx) { classify_image(ctx, image, logits); });
+  });
+}
+
+int perceiver_classify_pixels(perceiver_model* m, const unsigned char* pixels, int width, int height,
+                              int channels, size_t stride, float* logits, char* err, size_t err_size) {
+  return guarded(err, err_size, [&] {
+    require(pixels, "pixels is NULL");
+    const Image image = image_from_pixels(pixels, width, height, channels, stride);
+    with_model_context(m, [&](Context& ctx) { classify_image(ctx, image, logits); });
+  });
+}
+
+int perceiver_forward(perceiver_model* m, const float* pixels, int batch, int height, int width, float* logits,
+                      char* err, size_t err_size) {
+  return guarded(err, err_size, [&] {
+    with_model_context(m, [&](Context& ctx) { forward_pixels(ctx, pixels, batch, height, width, logits); });
+  });
+}
+
+int perceiver_preprocess_file(const perceiver_model* m, const char* path, float* out, size_t out_floats,
+                              int* height, int* width, char* err, size_t err_size) {
+  return guarded(err, err_size, [&] {
+    require(m && path && out, "model, path or out is NULL");
+    const Image image = decode_image_file(path);
+    int h = 0, w = 0;
+    m->model->preprocessed_size(image, &h, &w);
+    if (size_t(3) * h * w > out_floats)
+      throw Error(ErrorKind::usage, std::string(path) + ": preprocessed image needs " +
+                                        std::to_string(size_t(3) * h * w) + " floats, out holds " +
+                                        std::to_string(out_floats));
+    m->model->preprocess(image, out);
+    if (height) *height = h;
+    if (width) *width = w;
+  });
+}
+
+int perceiver_top_k(const perceiver_model* m, const float* logits, int k, int* ids, float* probabilities) {
+  if (!m || !logits || k <= 0) return 0;
+  const auto top = top_k(logits, m->model->info().labels, k);
+  for (size_t i = 0; i < top.size(); ++i) {
+    if (ids) ids[i] = top[i].id;
+    if (probabilities) probabilities[i] = top[i].probability;
+  }
+  return int(top.size());
+}
+
+int perceiver_embed_file(perceiver_model* m, const char* path, const char* pool, float* out, size_t out_floats,
+                         char* err, size_t err_size) {
+  return guarded(err, err_size, [&] {
+    require(path && pool && out, "path, pool or out is NULL");
+    const Pool p = parse_pool(pool);
+    const Image image = decode_image_file(path);
+    with_model_context(m, [&](Context& ctx) {
+      const Tensor t = ctx.embed(std::vector<Image>{image}, p, 1);
+      if (t.data.size() > out_floats)
+        throw Error(ErrorKind::usage, std::string("embedding needs ") + std::to_string(t.data.size()) +
+                                          " floats, out holds " + std::to_string(out_floats));
+      std::memcpy(out, t.data.data(), sizeof(float) * t.data.size());
+    });
+  });
+}
+
+perceiver_context* perceiver_context_new(const perceiver_model* m, char* err, size_t err_size) {
+  perceiver_context* result = nullptr;
+  guarded(err, err_size, [&] {
+    require(m, "model is NULL");
+    auto c = std::make_unique<perceiver_context>();
+    c->context = m->model->create_context();
+    result = c.release();
+  });
+  return result;
 }
 
 void perceiver_context_free(perceiver_context* context) { delete context; }
 
-int perceiver_image_load_file(const char* path, perceiver_image** image, char* err, size_t err_size) {
-  if (image != nullptr) *image = nullptr;
-  return guarded(err, err_size, [&] {
-    require(image != nullptr, "image: NULL");
-    require(path != nullptr, "path: NULL");
-    make_image(perceiver::decode_image_file(path), image);
-  });
-}
-
-int perceiver_image_load_encoded(const void* data, size_t size, const char* name, perceiver_image** image,
-                                 char* err, size_t err_size) {
-  if (image != nullptr) *image = nullptr;
-  return guarded(err, err_size, [&] {
-    require(image != nullptr, "image: NULL");
-    require(data != nullptr || size == 0, "data: NULL");
-    make_image(perceiver::decode_image(data, size, name ? name : "<image bytes>"), image);
-  });
-}
-
-int perceiver_image_from_pixels(const uint8_t* pixels, int width, int height, int channels, size_t stride,
-                                perceiver_image** image, char* err, size_t err_size) {
-  if (image != nullptr) *image = nullptr;
-  return guarded(err, err_size, [&] {
-    require(image != nullptr, "image: NULL");
-    require(pixels != nullptr, "pixels: NULL");
-    make_image(perceiver::image_from_pixels(pixels, width, height, channels, stride), image);
-  });
-}
-
-void perceiver_image_free(perceiver_image* image) { delete image; }
-int perceiver_image_width(const perceiver_image* image) { return image ? image->image.width : 0; }
-int perceiver_image_height(const perceiver_image* image) { return image ? image->image.height : 0; }
-const uint8_t* perceiver_image_rgb(const perceiver_image* image) {
-  return image ? image->image.rgb.data() : nullptr;
-}
-
-int perceiver_preprocess(const perceiver_model* model, const perceiver_image* image, float* pixels,
-                         size_t capacity, int* height, int* width, char* err, size_t err_size) {
-  if (height) *height = 0;
-  if (width) *width = 0;
-  return guarded(err, err_size, [&] {
-    require(model != nullptr, "model: NULL");
-    require(image != nullptr, "image: NULL");
-    int h = 0, w = 0;
-    model->model->preprocessed_size(image->image, &h, &w);
-    if (height) *height = h;
-    if (width) *width = w;
-    const size_t needed = size_t(3) * size_t(h) * size_t(w);
-    if (pixels == nullptr && capacity == 0) return;
-    if (pixels == nullptr || capacity < needed)
-      throw Error(ErrorKind::usage, "pixels: needs " + std::to_string(needed) + " floats [3, " +
-                                        std::to_string(h) + ", " + std::to_string(w) + "], got " +
-                                        std::to_string(capacity));
-    model->model->preprocess(image->image, pixels);
-  });
-}
-
-int perceiver_classify_file(perceiver_model* model, const char* path, float* logits, char* err,
-                            size_t err_size) {
-  return on_model_context(
-      model, err, err_size,
-      [&](perceiver::Context& c, const perceiver::DecodeOptions& d) { classify_file(c, d, path, logits); });
-}
-
-int perceiver_classify_encoded(perceiver_model* model, const void* data, size_t size, float* logits,
-                               char* err, size_t err_size) {
-  return on_model_context(model, err, err_size,
-                          [&](perceiver::Context& c, const perceiver::DecodeOptions& d) {
-                            classify_encoded(c, d, data, size, logits);
-                          });
-}
-
-int perceiver_classify_images(perceiver_model* model, const perceiver_image* const* images, int count,
-                              int batch_size, float* logits, char* err, size_t err_size) {
-  return on_model_context(model, err, err_size, [&](perceiver::Context& c, const perceiver::DecodeOptions&) {
-    classify_images(c, images, count, batch_size, logits);
-  });
-}
-
-int perceiver_forward(perceiver_model* model, const float* pixels, int batch, int height, int width,
-                      float* logits, char* err, size_t err_size) {
-  return on_model_context(model, err, err_size, [&](perceiver::Context& c, const perceiver::DecodeOptions&) {
-    forward(c, pixels, batch, height, width, logits);
-  });
-}
-
-int perceiver_embed(perceiver_model* model, const perceiver_image* const* images, int count,
-                    perceiver_pool pool, float* out, char* err, size_t err_size) {
-  return on_model_context(model, err, err_size, [&](perceiver::Context& c, const perceiver::DecodeOptions&) {
-    embed(c, images, count, pool, out);
-  });
-}
-
-int perceiver_classify_file_ctx(perceiver_context* context, const char* path, float* logits, char* err,
+int perceiver_classify_file_ctx(perceiver_context* c, const char* path, float* logits, char* err,
                                 size_t err_size) {
-  return on_context(context, err, err_size, [&](perceiver::Context& c, const perceiver::DecodeOptions& d) {
-    classify_file(c, d, path, logits);
-  });
-}
-
-int perceiver_classify_encoded_ctx(perceiver_context* context, const void* data, size_t size, float* logits,
-                                   char* err, size_t err_size) {
-  return on_context(context, err, err_size, [&](perceiver::Context& c, const perceiver::DecodeOptions& d) {
-    classify_encoded(c, d, data, size, logits);
-  });
-}
-
-int perceiver_classify_images_ctx(perceiver_context* context, const perceiver_image* const* images, int count,
-                                  int batch_size, float* logits, char* err, size_t err_size) {
-  return on_context(context, err, err_size, [&](perceiver::Context& c, const perceiver::DecodeOptions&) {
-    classify_images(c, images, count, batch_size, logits);
-  });
-}
-
-int perceiver_forward_ctx(perceiver_context* context, const float* pixels, int batch, int height, int width,
-                          float* logits, char* err, size_t err_size) {
-  return on_context(context, err, err_size, [&](perceiver::Context& c, const perceiver::DecodeOptions&) {
-    forward(c, pixels, batch, height, width, logits);
-  });
-}
-
-int perceiver_embed_ctx(perceiver_context* context, const perceiver_image* const* images, int count,
-                        perceiver_pool pool, float* out, char* err, size_t err_size) {
-  return on_context(context, err, err_size, [&](perceiver::Context& c, const perceiver::DecodeOptions&) {
-    embed(c, images, count, pool, out);
-  });
-}
-
-int perceiver_top_k(const perceiver_model* model, const float* logits, int k, int* ids, float* probabilities,
-                    char* err, size_t err_size) {
   return guarded(err, err_size, [&] {
-    require(model != nullptr, "model: NULL");
-    require(logits != nullptr, "logits: NULL");
-    require(k >= 1, "k: must be at least 1");
-    const auto predictions = perceiver::top_k(logits, model->model->info().labels, k);
-    for (size_t i = 0; i < predictions.size(); ++i) {
-      if (ids) ids[i] = predictions[i].id;
-      if (probabilities) probabilities[i] = predictions[i].probability;
-    }
+    require(c && path, "context or path is NULL");
+    classify_image(*c->context, decode_image_file(path), logits);
+  });
+}
+
+int perceiver_forward_ctx(perceiver_context* c, const float* pixels, int batch, int height, int width,
+                          float* logits, char* err, size_t err_size) {
+  return guarded(err, err_size, [&] {
+    require(c, "context is NULL");
+    forward_pixels(*c->context, pixels, batch, height, width, logits);
   });
 }
 
