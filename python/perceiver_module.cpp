@@ -94,8 +94,8 @@ py::array_t<float> to_numpy(Tensor t) {
 
 class PyModel {
  public:
-  PyModel(const std::string& model, const std::string& precision, int threads,
-          std::optional<std::string> revision, bool preprocess_defaults) {
+  PyModel(const std::string& model, const std::string& precision, int threads, std::optional<std::string> revision,
+          bool preprocess_defaults) {
     ModelOptions o;
     o.precision = parse_precision(precision);
     o.threads = threads;
@@ -194,8 +194,8 @@ PYBIND11_MODULE(perceiver, m) {
                       "parallel (each takes its own context); the GIL is released while images are decoded "
                       "and while the network runs.")
       .def(py::init<const std::string&, const std::string&, int, std::optional<std::string>, bool>(),
-           py::arg("model"), py::arg("precision") = "fp32", py::arg("threads") = 0,
-           py::arg("revision") = py::none(), py::arg("preprocess_defaults") = false,
+           py::arg("model"), py::arg("precision") = "fp32", py::arg("threads") = 0, py::arg("revision") = py::none(),
+           py::arg("preprocess_defaults") = false,
            "Loads a model directory or hub repo id. precision: fp32 | bf16 | int8; threads: 0 = all cores.")
       .def_property_readonly("labels", &PyModel::labels, "id2label in index order")
       .def_property_readonly("config", &PyModel::config, "config.json as a dict")
