@@ -40,8 +40,9 @@ struct Shape {
 
 // Shapes that are not multiples of the tiles (6 rows, 64-column panels, 16-lane vectors, 4-byte k-groups),
 // one that is, one narrower than a vector, and one row.
-const Shape kShapes[] = {{1, 1, 1, false, false},     {7, 17, 5, false, false},   {13, 70, 33, true, false},
-                         {6, 64, 64, false, true},    {25, 200, 130, true, true}, {50, 129, 257, false, true},
+const Shape kShapes[] = {{1, 1, 1, false, false},       {7, 17, 5, false, false},
+                         {13, 70, 33, true, false},     {6, 64, 64, false, true},
+                         {25, 200, 130, true, true},    {50, 129, 257, false, true},
                          {3, 1000, 1024, false, false}, {12, 48, 3, true, true}};
 
 struct Problem {
@@ -110,7 +111,8 @@ TEST(Int8Kernels, QuantisationBitIdenticalAcrossKernels) {
 
 TEST(Int8Kernels, GeluCloseToExactErfForm) {
   double worst = 0;
-  for (float x = -12.0f; x <= 12.0f; x += 0.001f) worst = std::max(worst, double(std::fabs(int8::gelu(x) - gelu_erf(x))));
+  for (float x = -12.0f; x <= 12.0f; x += 0.001f)
+    worst = std::max(worst, double(std::fabs(int8::gelu(x) - gelu_erf(x))));
   std::cout << "int8 epilogue GELU max |error| on [-12, 12]: " << worst << "\n";
   EXPECT_LT(worst, 1e-6);
 }
@@ -240,7 +242,8 @@ TEST_P(Int8Golden, LogitsCloseToHuggingFaceFp32) {
       const float* g = &got[b * labels];
       const float* h = &want[b * labels];
       double dot = 0, gg = 0, hh = 0;
-      for (int i = 0; i < labels; ++i) dot += double(g[i]) * h[i], gg += double(g[i]) * g[i], hh += double(h[i]) * h[i];
+      for (int i = 0; i < labels; ++i)
+        dot += double(g[i]) * h[i], gg += double(g[i]) * g[i], hh += double(h[i]) * h[i];
       const double cosine = dot / std::sqrt(gg * hh);
       std::cout << variant << " int8 " << backend << " image " << b << " cosine " << cosine << "\n";
       EXPECT_GE(cosine, kInt8MinCosine);

@@ -90,7 +90,8 @@ float epilogue(int32_t acc, const RowQuant& row, int32_t column_sum, float w_sca
   return v;
 }
 
-// ---- plain kernels ------------------------------------------------------------------------------------------
+// ---- plain kernels
+// ------------------------------------------------------------------------------------------
 
 void quantize_row_plain(const float* x, int k, int padded_k, uint8_t* q, RowQuant* params) {
   float lo = 0.0f, hi = 0.0f;
@@ -105,8 +106,8 @@ void quantize_row_plain(const float* x, int k, int padded_k, uint8_t* q, RowQuan
 }
 
 // Rows [m0, m1) x columns [n0, n1) of y from quantised rows q ([rows, padded_k]).
-void tiles_plain(const Int8Weights& w, const uint8_t* q, const RowQuant* params, int m0, int m1, int n0, int n1,
-                 float* y, long ldy, bool gelu_on, const float* residual) {
+void tiles_plain(const Int8Weights& w, const uint8_t* q, const RowQuant* params, int m0, int m1, int n0,
+                 int n1, float* y, long ldy, bool gelu_on, const float* residual) {
   const int kp = w.padded_k();
   for (int m = m0; m < m1; ++m) {
     const uint8_t* qm = q + size_t(m) * kp;
@@ -190,49 +191,88 @@ PCV_VNNI512 void quantize_row_avx512(const float* x, int k, int padded_k, uint8_
 }
 
 struct TileOut {
-  const RowQuant* rows;      // [R]
-  const int32_t* colsum;     // [width] of this panel
-  const float* w_scale;      // [width]
-  const float* bias;         // [width]
-  float* y;                  // rows ldy apart
-  const float* residual;     // rows ldy apart, or nullptr
+  const RowQuant* rows;   // [R]
+  const int32_t* colsum;  // [width] of this panel
+  const float* w_scale;   // [width]
+  const float* bias;      // [width]
+  float* y;               // rows ldy apart
+  const float* residual;  // rows ldy apart, or nullptr
   long ldy;
   bool gelu;
   int last;  // lanes of the last vector column stored (1..16)
 };
 
-// y[R, 16 NV] from q[R, padded_k] (rows lda apart) and a panel of width 16 NV' >= 16 NV.
+// acc += u8 a x s8 b, four products per int32 lane. Inline assembly rather than _mm512_dpbusd_epi32: GCC 12
+// allocates registers for that intrinsic so poorly (copies of accumulators every k step, spills) that the
+// tile ran at half speed.
+PCV_VNNI512 inline void dpbusd(__m512i& acc, __m512i a, __m512i b) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+}
+
+// The epilogue of a 512-bit tile: sums [R][16 NV] int32 -> y (see epilogue()). Kept out of line: inlined
+// into the tile, its registers made GCC spill the accumulators of the k loop.
 template <int R, int NV>
-PCV_VNNI512 inline void tile512(const uint8_t* a, long lda, const int8_t* b, int width, int groups,
-                                const TileOut& o) {
-  __m512i acc[R][NV];
-  for (int i = 0; i < R; ++i)
-    for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_si512();
-  const size_t stride = size_t(width) * 4;
-#pragma GCC unroll 4
-  for (int g = 0; g < groups; ++g) {
-    __m512i bv[NV];
-    for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + g * stride + 64 * j);
-    for (int i = 0; i < R; ++i) {
-      int32_t four;
-      std::memcpy(&four, a + i * lda + 4 * g, 4);
-      const __m512i av = _mm512_set1_epi32(four);
-      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
-    }
-  }
+PCV_VNNI512 __attribute__((noinline)) void store512(const int32_t* sums, const TileOut& o) {
   for (int j = 0; j < NV; ++j) {
     const __mmask16 mask = j == NV - 1 ? __mmask16((1u << o.last) - 1) : __mmask16(0xffff);
     const __m512i colsum = _mm512_loadu_si512(o.colsum + 16 * j);
     const __m512 w_scale = _mm512_loadu_ps(o.w_scale + 16 * j), bias = _mm512_loadu_ps(o.bias + 16 * j);
     for (int i = 0; i < R; ++i) {
-      const __m512i exact = _mm512_sub_epi32(acc[i][j], _mm512_mullo_epi32(_mm512_set1_epi32(o.rows[i].zero), colsum));
-      __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(_mm512_set1_ps(o.rows[i].scale), w_scale),
-                                 bias);
+      const __m512i acc = _mm512_load_si512(sums + (i * NV + j) * 16);
+      const __m512i exact =
+          _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_set1_epi32(o.rows[i].zero), colsum));
+      __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact),
+                                 _mm512_mul_ps(_mm512_set1_ps(o.rows[i].scale), w_scale), bias);
       if (o.gelu) v = gelu16(v);
       if (o.residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, o.residual + i * o.ldy + 16 * j));
       _mm512_mask_storeu_ps(o.y + i * o.ldy + 16 * j, mask, v);
     }
   }
+}
+
+// y[R, 16 NV] from q[R, padded_k] (rows lda apart) and a panel of width 16 NV' >= 16 NV. The accumulators
+// are named variables (an array of them made GCC keep them in memory).
+template <int R, int NV>
+PCV_VNNI512 inline void tile512(const uint8_t* a, long lda, const int8_t* b, int width, int groups,
+                                const TileOut& o) {
+  static_assert(R >= 1 && R <= 6 && NV >= 1 && NV <= 4);
+#define PCV_ACC(i) \
+  __m512i c##i##0 = _mm512_setzero_si512(), c##i##1 = c##i##0, c##i##2 = c##i##0, c##i##3 = c##i##0;
+  PCV_ACC(0)
+  PCV_ACC(1) PCV_ACC(2) PCV_ACC(3) PCV_ACC(4) PCV_ACC(5)
+#undef PCV_ACC
+      const size_t stride = size_t(width) * 4;
+  for (int g = 0; g < groups; ++g) {
+    const int8_t* bg = b + g * stride;
+    const __m512i b0 = _mm512_loadu_si512(bg);
+    const __m512i b1 = NV > 1 ? _mm512_loadu_si512(bg + 64) : b0;
+    const __m512i b2 = NV > 2 ? _mm512_loadu_si512(bg + 128) : b0;
+    const __m512i b3 = NV > 3 ? _mm512_loadu_si512(bg + 192) : b0;
+#define PCV_ROW(i)                                 \
+  if constexpr (R > i) {                           \
+    int32_t four;                                  \
+    std::memcpy(&four, a + i * lda + 4 * g, 4);    \
+    const __m512i av = _mm512_set1_epi32(four);    \
+    dpbusd(c##i##0, av, b0);                       \
+    if constexpr (NV > 1) dpbusd(c##i##1, av, b1); \
+    if constexpr (NV > 2) dpbusd(c##i##2, av, b2); \
+    if constexpr (NV > 3) dpbusd(c##i##3, av, b3); \
+  }
+    PCV_ROW(0) PCV_ROW(1) PCV_ROW(2) PCV_ROW(3) PCV_ROW(4) PCV_ROW(5)
+#undef PCV_ROW
+  }
+  alignas(64) int32_t sums[R * NV * 16];
+#define PCV_SAVE(i)                                                                             \
+  if constexpr (R > i) {                                                                        \
+    _mm512_store_si512(sums + (i * NV + 0) * 16, c##i##0);                                      \
+    if constexpr (NV > 1) _mm512_store_si512(sums + (i * NV + (NV > 1 ? 1 : 0)) * 16, c##i##1); \
+    if constexpr (NV > 2) _mm512_store_si512(sums + (i * NV + (NV > 2 ? 2 : 0)) * 16, c##i##2); \
+    if constexpr (NV > 3) _mm512_store_si512(sums + (i * NV + (NV > 3 ? 3 : 0)) * 16, c##i##3); \
+  }
+  PCV_SAVE(0)
+  PCV_SAVE(1) PCV_SAVE(2) PCV_SAVE(3) PCV_SAVE(4) PCV_SAVE(5)
+#undef PCV_SAVE
+      store512<R, NV>(sums, o);
 }
 
 template <int R>
@@ -273,8 +313,8 @@ PCV_VNNI512 void any_tile512(int rows, int nv, const uint8_t* a, long lda, const
 PCV_AVXVNNI inline __m256 exp_nonpositive8(__m256 x) {
   const __m256 normal = _mm256_cmp_ps(x, _mm256_set1_ps(kExpFlush), _CMP_GE_OQ);
   x = _mm256_max_ps(x, _mm256_set1_ps(kExpClamp));
-  const __m256 k =
-      _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(kLn2Hi), x);
   r = _mm256_fnmadd_ps(k, _mm256_set1_ps(kLn2Lo), r);
   __m256 p = _mm256_set1_ps(1.0f / 720);
@@ -403,8 +443,8 @@ void prefetch_to_l2(const int8_t* begin, const int8_t* end) {
 }
 
 // Rows [m0, m1) x panels [p0, p1) of y.
-void block(Kernel kernel, const Int8Weights& w, const uint8_t* q, const RowQuant* params, int m0, int m1, int p0,
-           int p1, float* y, long ldy, bool gelu_on, const float* residual) {
+void block(Kernel kernel, const Int8Weights& w, const uint8_t* q, const RowQuant* params, int m0, int m1,
+           int p0, int p1, float* y, long ldy, bool gelu_on, const float* residual) {
   const int N = w.n(), kp = w.padded_k(), groups = w.k_groups();
   if (kernel == Kernel::plain) {
     tiles_plain(w, q, params, m0, m1, p0 * kPanel, std::min(N, p1 * kPanel), y, ldy, gelu_on, residual);
@@ -418,16 +458,29 @@ void block(Kernel kernel, const Int8Weights& w, const uint8_t* q, const RowQuant
       const int n0 = p * kPanel, width = w.panel_width(p), stored = std::min(width, N - n0);
       if (kernel == Kernel::avx512_vnni) {
         const int nv = (stored + 15) / 16;
-        const TileOut o{params + m, w.column_sums() + n0, w.scales() + n0, w.bias() + n0, y + m * ldy + n0,
-                        residual ? residual + m * ldy + n0 : nullptr, ldy, gelu_on, stored - 16 * (nv - 1)};
+        const TileOut o{params + m,
+                        w.column_sums() + n0,
+                        w.scales() + n0,
+                        w.bias() + n0,
+                        y + m * ldy + n0,
+                        residual ? residual + m * ldy + n0 : nullptr,
+                        ldy,
+                        gelu_on,
+                        stored - 16 * (nv - 1)};
         if (rows == kRows && nv == 4 && o.last == 16)
           tile512<kRows, 4>(a, kp, w.panel(p), width, groups, o);
         else
           any_tile512(rows, nv, a, kp, w.panel(p), width, groups, o);
       } else {
         for (int c = 0; c < stored; c += 16) {
-          const TileOut o{params + m, w.column_sums() + n0 + c, w.scales() + n0 + c, w.bias() + n0 + c,
-                          y + m * ldy + n0 + c, residual ? residual + m * ldy + n0 + c : nullptr, ldy, gelu_on,
+          const TileOut o{params + m,
+                          w.column_sums() + n0 + c,
+                          w.scales() + n0 + c,
+                          w.bias() + n0 + c,
+                          y + m * ldy + n0 + c,
+                          residual ? residual + m * ldy + n0 + c : nullptr,
+                          ldy,
+                          gelu_on,
                           std::min(16, stored - c)};
           any_tile256(rows, a, kp, w.panel(p) + c * 4, width, groups, o);
         }
@@ -509,7 +562,8 @@ bool kernel_supported(Kernel kernel) {
 
 Kernel best_kernel() {
   static const Kernel best = [] {
-    if (!env_set("PERCEIVER_DISABLE_AVX512") && kernel_supported(Kernel::avx512_vnni)) return Kernel::avx512_vnni;
+    if (!env_set("PERCEIVER_DISABLE_AVX512") && kernel_supported(Kernel::avx512_vnni))
+      return Kernel::avx512_vnni;
     if (kernel_supported(Kernel::avx_vnni)) return Kernel::avx_vnni;
     return Kernel::plain;
   }();
@@ -518,8 +572,8 @@ Kernel best_kernel() {
 
 Int8Weights::Int8Weights(const std::vector<LinearPart>& parts, int k, int threads) : k_(k) {
   if (k <= 0 || k > kMaxK)
-    throw Error(ErrorKind::model, "int8 linear layer: in_features " + std::to_string(k) +
-                                            " outside 1.." + std::to_string(kMaxK));
+    throw Error(ErrorKind::model, "int8 linear layer: in_features " + std::to_string(k) + " outside 1.." +
+                                      std::to_string(kMaxK));
   for (const auto& p : parts) n_ += p.rows;
   n_pad_ = (n_ + 15) / 16 * 16;
   // Row n of the stacked W and its bias (nullptr past N, or for a part without bias).
@@ -562,7 +616,8 @@ Int8Weights::Int8Weights(const std::vector<LinearPart>& parts, int k, int thread
 
 void quantize_rows(Kernel kernel, const float* x, long ldx, int rows, int k, int padded_k, uint8_t* q,
                    RowQuant* params) {
-  for (int m = 0; m < rows; ++m) quantize_row(kernel, x + m * ldx, k, padded_k, q + size_t(m) * padded_k, params + m);
+  for (int m = 0; m < rows; ++m)
+    quantize_row(kernel, x + m * ldx, k, padded_k, q + size_t(m) * padded_k, params + m);
 }
 
 void linear(Kernel kernel, const Int8Weights& w, const float* x, long ldx, int rows, float* y, long ldy,
@@ -577,7 +632,8 @@ void linear(Kernel kernel, const Int8Weights& w, const float* x, long ldx, int r
 #pragma omp parallel num_threads(T)
   {
 #pragma omp for schedule(static)
-    for (int m = 0; m < rows; ++m) quantize_row(kernel, x + m * ldx, w.k(), kp, q + size_t(m) * kp, params + m);
+    for (int m = 0; m < rows; ++m)
+      quantize_row(kernel, x + m * ldx, w.k(), kp, q + size_t(m) * kp, params + m);
     // (the implicit barrier: every row is quantised before any tile reads it)
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     if (panels >= nt) {
@@ -589,7 +645,8 @@ void linear(Kernel kernel, const Int8Weights& w, const float* x, long ldx, int r
         block(kernel, w, q, params, 0, rows, task * per_task, std::min(panels, (task + 1) * per_task), y, ldy,
               gelu_on, residual);
     } else {  // split the rows, in whole strips
-      const int m0 = std::min(rows, strips * t / nt * kRows), m1 = std::min(rows, strips * (t + 1) / nt * kRows);
+      const int m0 = std::min(rows, strips * t / nt * kRows),
+                m1 = std::min(rows, strips * (t + 1) / nt * kRows);
       if (m1 > m0) block(kernel, w, q, params, m0, m1, 0, panels, y, ldy, gelu_on, residual);
     }
   }

@@ -31,8 +31,9 @@ bool kernel_supported(Kernel kernel);  // by this CPU
 Kernel best_kernel();
 
 // W [N, K] quantised and packed for the kernels: K in groups of 4 (zero padded), N in panels of 64 output
-// columns (the last one narrower, a multiple of 16, zero padded); panel p is [k_groups][width][4] int8, so that
-// one 64-byte vector holds 16 columns x 4 consecutive k. Scales, column sums and bias padded to padded_n().
+// columns (the last one narrower, a multiple of 16, zero padded); panel p is [k_groups][width][4] int8, so
+// that one 64-byte vector holds 16 columns x 4 consecutive k. Scales, column sums and bias padded to
+// padded_n().
 class Int8Weights {
  public:
   static constexpr int kPanel = 64;
@@ -54,7 +55,7 @@ class Int8Weights {
     const int p = n / kPanel;
     return panel(p)[(size_t(k / 4) * panel_width(p) + n % kPanel) * 4 + k % 4];
   }
-  const float* scales() const { return scale_.as<float>(); }             // w_scale [padded_n]
+  const float* scales() const { return scale_.as<float>(); }            // w_scale [padded_n]
   const int32_t* column_sums() const { return colsum_.as<int32_t>(); }  // sum_k Wq[n, k] [padded_n]
   const float* bias() const { return bias_.as<float>(); }               // [padded_n], zeros without bias
   size_t bytes() const { return size_t(n_pad_) * (padded_k() + 12); }
@@ -66,7 +67,7 @@ class Int8Weights {
 
 // One row's quantisation parameters (see the top of this file).
 struct RowQuant {
-  float scale = 1.0f;  // x_scale
+  float scale = 1.0f;    // x_scale
   float inverse = 1.0f;  // 1 / x_scale: Xq = clamp(nearbyint(x * inverse) + zero, 0, 255)
   int32_t zero = 0;
 };
@@ -82,8 +83,8 @@ void linear(Kernel kernel, const Int8Weights& w, const float* x, long ldx, int r
 void quantize_rows(Kernel kernel, const float* x, long ldx, int rows, int k, int padded_k, uint8_t* q,
                    RowQuant* params);
 
-// The epilogue's GELU, 0.5 x (1 + erf(x / sqrt 2)) with erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7),
-// as every int8 kernel computes it; for tests.
+// The epilogue's GELU, 0.5 x (1 + erf(x / sqrt 2)) with erf by Abramowitz & Stegun 7.1.26 (|error|
+// <= 1.5e-7), as every int8 kernel computes it; for tests.
 float gelu(float x);
 
 }  // namespace perceiver::int8
