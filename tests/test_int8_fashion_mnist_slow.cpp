@@ -96,5 +96,59 @@ TEST(FashionMnistInt8, AgreesWithHuggingFaceFp32) {
   EXPECT_LE(accuracy, want_accuracy + kMaxAccuracyLoss);
 }
 
+// A full-size model (deepmind/vision-perceiver-conv's shapes, random weights): int8 logits against fp32's on
+// the same images. Bars (issue 17): the same top-1 and cosine(logits) >= 0.995 for every image.
+TEST(FullSizeInt8, LogitsCloseToFp32) {
+  nlohmann::json config;
+  config["architectures"] = {"PerceiverForImageClassificationConvProcessing"};
+  config["model_type"] = "perceiver";
+  config["num_latents"] = 512;
+  config["d_latents"] = 1024;
+  config["d_model"] = 322;
+  config["num_blocks"] = 8;
+  config["num_self_attends_per_block"] = 6;
+  config["num_self_attention_heads"] = 8;
+  config["num_cross_attention_heads"] = 1;
+  config["self_attention_widening_factor"] = 1;
+  config["cross_attention_widening_factor"] = 1;
+  config["hidden_act"] = "gelu";
+  config["use_query_residual"] = true;
+  config["image_size"] = 56;
+  config["num_labels"] = 1000;
+  const int B = 2, H = 224, W = 224;
+  std::vector<float> pixels(size_t(B) * 3 * H * W);
+  uint32_t state = 7;
+  for (auto& p : pixels) {  // values in about [-2, 2], like normalised images
+    state = state * 1664525u + 1013904223u;
+    p = static_cast<float>(state >> 8) * (4.0f / 16777216.0f) - 2.0f;
+  }
+  auto logits_at = [&](Precision precision) {
+    ModelOptions options;
+    options.precision = precision;
+    auto model = Model::create_random(config.dump(), 1, options);
+    std::vector<float> logits(size_t(B) * 1000);
+    model->classify(pixels.data(), B, H, W, logits.data());
+    return logits;
+  };
+  std::vector<float> want = logits_at(Precision::fp32), got;
+  try {
+    got = logits_at(Precision::int8);
+  } catch (const Error& e) {
+    GTEST_SKIP() << e.what();
+  }
+  for (int b = 0; b < B; ++b) {
+    const float* g = &got[size_t(b) * 1000];
+    const float* h = &want[size_t(b) * 1000];
+    double dot = 0, gg = 0, hh = 0;
+    for (int c = 0; c < 1000; ++c)
+      dot += double(g[c]) * h[c], gg += double(g[c]) * g[c], hh += double(h[c]) * h[c];
+    const double cosine = dot / std::sqrt(gg * hh);
+    std::printf("full-size conv, image %d: int8 vs fp32 logits cosine %.6f, top-1 %ld vs %ld\n", b, cosine,
+                long(std::max_element(g, g + 1000) - g), long(std::max_element(h, h + 1000) - h));
+    EXPECT_GE(cosine, 0.995);
+    EXPECT_EQ(std::max_element(g, g + 1000) - g, std::max_element(h, h + 1000) - h);
+  }
+}
+
 }  // namespace
 }  // namespace perceiver
