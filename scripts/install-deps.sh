@@ -16,6 +16,7 @@ PACKAGES=(
   clang-14 libclang-rt-14-dev libomp-14-dev   # fuzzing (libFuzzer; OpenMP for the clang configure)
   python3 python3-numpy                     # the hub stand-in server used by tests
   dataset-fashion-mnist                     # real-data accuracy test
+  python3-torch libopenblas0-pthread        # bench/side_by_side.py's PyTorch, on OpenBLAS (not reference BLAS)
 )
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
