@@ -56,5 +56,6 @@ void register_bench(CLI::App& app);
 void register_embed(CLI::App& app);
 void register_train_head(CLI::App& app);
 void register_eval(CLI::App& app);
+void register_attention(CLI::App& app);
 
 }  // namespace perceiver::cli

@@ -33,11 +33,7 @@ void run_train_head(const TrainHeadArgs& args) {
   o.max_memory_bytes = uint64_t(args.max_memory_mb * 1048576.0);
   o.cache_dir = args.cache_dir;
   o.progress = !args.model.quiet;
-  if (args.epochs < 1) throw Error(ErrorKind::usage, "train-head: --epochs must be at least 1");
-  if (args.batch_size < 1) throw Error(ErrorKind::usage, "train-head: --batch-size must be at least 1");
-  if (!(args.lr > 0)) throw Error(ErrorKind::usage, "train-head: --lr must be positive");
-  if (!(args.val_split >= 0 && args.val_split < 1))
-    throw Error(ErrorKind::usage, "train-head: --val-split must be in [0, 1)");
+  train::check_options(o);  // before the (slower) data scan and model load
 
   const train::LabelledFiles data = train::scan_labelled_data(args.data);
   if (data.classes.size() < 2)

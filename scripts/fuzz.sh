@@ -23,7 +23,8 @@ if command -v ninja >/dev/null; then generator=(-G Ninja); fi
 if [ ! -f "$build/CMakeCache.txt" ]; then
   CC=${CC:-clang-14} CXX=${CXX:-clang++-14} cmake -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DPERCEIVER_FUZZ=ON -DPERCEIVER_BUILD_TESTS=OFF -DPERCEIVER_BUILD_BENCH=OFF -DPERCEIVER_HUB=OFF \
-    -DPERCEIVER_ONEDNN=OFF -DPERCEIVER_SHARED_DIR="$shared" >/dev/null
+    -DPERCEIVER_ONEDNN=OFF -DPERCEIVER_BUILD_PYTHON=OFF -DPERCEIVER_BUILD_SHARED=OFF \
+    -DPERCEIVER_SHARED_DIR="$shared" >/dev/null
 fi
 # shellcheck disable=SC2086
 cmake --build "$build" -j"${FUZZ_BUILD_JOBS:-$(nproc)}" --target $targets

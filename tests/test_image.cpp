@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "image/idx_dataset.h"
+#include "idx_dataset.h"
 #include "image/image.h"
 #include "image/preprocess.h"
 #include "perceiver/error.h"

@@ -8,7 +8,7 @@
 #include <chrono>
 #include <cstring>
 
-#include "image/idx_dataset.h"
+#include "idx_dataset.h"
 #include "image/preprocess.h"
 #include "model/config.h"
 #include "perceiver/perceiver.h"

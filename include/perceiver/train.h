@@ -56,6 +56,9 @@ struct TrainHeadOptions {
   bool progress = false;  // progress bars on stderr
 };
 
+// Throws Error(usage) naming the option (as the CLI's flag) that is out of range.
+void check_options(const TrainHeadOptions& options);
+
 struct TrainHeadResult {
   std::vector<EpochStats> epochs;
   int64_t train_images = 0, val_images = 0;

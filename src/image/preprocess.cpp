@@ -107,10 +107,7 @@ void read_triple(const json& j, const char* key, bool positive, std::array<doubl
   }
 }
 
-struct CropBox {
-  int height, width;
-  int top, left;  // position of the crop in the image; may be negative (zero padding), as in HF center_crop
-};
+}  // namespace
 
 // HF PerceiverImageProcessor.center_crop + image_transforms.center_crop, in Python's arithmetic.
 CropBox crop_box(const PreprocessorConfig& config, int image_height, int image_width) {
@@ -138,8 +135,6 @@ CropBox crop_box(const PreprocessorConfig& config, int image_height, int image_w
   box.left = left;
   return box;
 }
-
-}  // namespace
 
 PreprocessorConfig parse_preprocessor_config(const std::string& json_text, const std::string& name) {
   std::string parse_error;

@@ -34,6 +34,14 @@ PreprocessorConfig parse_preprocessor_config(const std::string& json_text, const
 // Pillow's Image.resize on 8-bit RGB (exact fixed-point arithmetic, horizontal then vertical pass).
 ImageU8 resize_like_pillow(const ImageU8& image, int out_width, int out_height, Resample filter);
 
+// The centre crop of an image: a window of `height` x `width` at (top, left), which may reach past the
+// image (the crop pads with zeros, as HF's center_crop). Throws Error(bad_input) for an empty or huge crop.
+struct CropBox {
+  int height, width;
+  int top, left;
+};
+CropBox crop_box(const PreprocessorConfig& config, int image_height, int image_width);
+
 // Output size of preprocess() for an input image.
 void preprocessed_size(const PreprocessorConfig& config, const ImageU8& image, int* out_height,
                        int* out_width);

@@ -31,9 +31,14 @@ struct Tracer {
   }
 };
 
-// Token grid of the encoder's input for an image size (conv: after the stem).
+// Token grid of the encoder's input for an image size (conv: after the stem). Token (row, col), index
+// row * tokens_w + col, is centred on input pixel (pixel_offset + pixel_stride * row, ... * col) and sees a
+// receptive_field x receptive_field square of pixels.
 struct InputGeometry {
   int tokens_h = 0, tokens_w = 0;
+  int pixel_stride = 1;
+  double pixel_offset = 0;
+  int receptive_field = 1;
   int tokens() const { return tokens_h * tokens_w; }
 };
 

@@ -23,6 +23,10 @@ class PerceiverModel final : public Model {
   void forward(Context& context, const ForwardArgs& args) const override;
   void preprocessed_size(const Image& image, int* height, int* width) const override;
   void preprocess(const Image& image, float* out) const override;
+  // The encoder's input tokens for an image size, and how they lie over its pixels (attention maps).
+  InputGeometry input_geometry(int height, int width) const { return preprocessor_->geometry(height, width); }
+  // preprocessor_config.json (or HF's defaults); throws Error(model) when the model has none.
+  const PreprocessorConfig& image_processor_config() const { return image_processor(); }
   using Model::forward;
   using Model::preprocess;
 

@@ -8,13 +8,17 @@
 
 namespace perceiver::train {
 
-TrainHeadResult train_classifier_head(const Model& model, const LabelledFiles& data,
-                                      const std::filesystem::path& out_dir, const TrainHeadOptions& options) {
+void check_options(const TrainHeadOptions& options) {
   if (options.epochs < 1) throw Error(ErrorKind::usage, "train-head: --epochs must be at least 1");
   if (options.batch_size < 1) throw Error(ErrorKind::usage, "train-head: --batch-size must be at least 1");
   if (!(options.lr > 0)) throw Error(ErrorKind::usage, "train-head: --lr must be positive");
   if (!(options.val_split >= 0 && options.val_split < 1))
     throw Error(ErrorKind::usage, "train-head: --val-split must be in [0, 1)");
+}
+
+TrainHeadResult train_classifier_head(const Model& model, const LabelledFiles& data,
+                                      const std::filesystem::path& out_dir, const TrainHeadOptions& options) {
+  check_options(options);
   if (data.classes.size() < 2)
     throw Error(ErrorKind::bad_input, "training data: need at least two classes, found " +
                                           std::to_string(data.classes.size()));

@@ -40,7 +40,12 @@ class ConvImagePreprocessor final : public InputPreprocessor {
 
   int channels() const override { return channels_; }
   InputGeometry geometry(int height, int width) const override {
-    return {conv_pool_out(conv_stem_out(height)), conv_pool_out(conv_stem_out(width))};
+    // Pool row i takes stem rows 2i..2i+2, stem row r sees pixels 2r-3..2r+3: pixels 4i-3..4i+7.
+    InputGeometry g{conv_pool_out(conv_stem_out(height)), conv_pool_out(conv_stem_out(width))};
+    g.pixel_stride = kStride * kPoolStride;
+    g.pixel_offset = kStride * (kPoolKernel - 1) / 2.0 + (kKernel - 1) / 2.0 - kPad;
+    g.receptive_field = (kPoolKernel - 1) * kStride + kKernel;
+    return g;
   }
   void check_input_size(const PerceiverConfig&, int height, int width) const override {
     if (height < 5 || width < 5)

@@ -1,5 +1,5 @@
 // IDX reader on zlib's gz* API (which also reads uncompressed files unchanged).
-#include "image/idx_dataset.h"
+#include "idx_dataset.h"
 
 #include <zlib.h>
 
