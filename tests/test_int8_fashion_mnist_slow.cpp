@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/npy.h"
-#include "image/idx_dataset.h"
+#include "idx_dataset.h"
 #include "image/preprocess.h"
 #include "perceiver/perceiver.h"
 #include "test_util.h"
