@@ -282,6 +282,23 @@ def export_onnx(model_dir, out_path, batch):
     print(f"wrote {out_path}")
 
 
+def loaded_blas():
+    """The BLAS library this process runs on, from /proc/self/maps: Debian's torch calls libblas.so.3, which
+    the alternatives system points at OpenBLAS (libopenblas0-pthread) or at the slow reference BLAS."""
+    libs = set()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1] if len(line.split()) >= 6 else ""
+            name = os.path.basename(path)
+            if "blas" in name or "mkl" in name:
+                libs.add(os.path.realpath(path))
+    if not libs:
+        return "unknown (no BLAS library mapped)"
+    kind = "openblas" if any("openblas" in p for p in libs) else \
+        "mkl" if any("mkl" in p for p in libs) else "reference BLAS"
+    return kind + " (" + ", ".join(sorted(libs)) + ")"
+
+
 def bench(model_dir, threads, batch, iters, warmup):
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -297,7 +314,7 @@ def bench(model_dir, threads, batch, iters, warmup):
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
     print(json.dumps({
-        "engine": f"pytorch {torch.__version__}", "threads": threads, "batch": batch, "load_ms": load_ms,
+        "engine": f"pytorch {torch.__version__}", "blas": loaded_blas(), "threads": threads, "batch": batch, "load_ms": load_ms,
         "times_ms": times, "median_ms": float(np.median(times)), "min_ms": min(times),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }))

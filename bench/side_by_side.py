@@ -50,7 +50,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="perceiver.cpp's precision")
+    ap.add_argument("--precision", default="fp32",
+                    help="perceiver.cpp's precision(s), comma-separated: fp32, bf16, int8 (e.g. fp32,bf16,int8)")
     ap.add_argument("--iters", type=int, default=3, help="timed iterations per process (ORT, perceiver.cpp)")
     ap.add_argument("--torch-iters", type=int, default=1, help="timed iterations per PyTorch process")
     ap.add_argument("--workdir", default=os.path.join(HERE, ".work"))
@@ -61,6 +62,10 @@ def main():
                     help="ONNX Runtime from node (onnxruntime-node) or from --python's onnxruntime package")
     ap.add_argument("--cpus", default=None, help="pin every engine to these CPUs (taskset -c LIST), e.g. 0,1")
     args = ap.parse_args()
+    precisions = args.precision.split(",")
+    for p in precisions:
+        if p not in ("fp32", "bf16", "int8"):
+            ap.error(f"--precision: '{p}' is not fp32, bf16 or int8")
     perceiver = args.perceiver or find_perceiver()
     py = args.python
     pin = ["taskset", "-c", args.cpus] if args.cpus else []
@@ -86,39 +91,49 @@ def main():
     engines = {
         "ort": lambda: run_json(pin + ort_cmd + [onnx_path, "--threads", t, "--batch", b,
                                                 "--iters", str(args.iters), "--warmup", "1"]),
-        "ours": lambda: run_json(pin + [perceiver, "bench", "--model", model_dir, "--threads", t, "--batch", b,
-                                  "--precision", args.precision, "--iters", str(args.iters), "--warmup", "1",
-                                  "--json"]),
+        **{f"ours-{p}": (lambda p=p: run_json(pin + [perceiver, "bench", "--model", model_dir, "--threads", t,
+                                                     "--batch", b, "--precision", p, "--iters", str(args.iters),
+                                                     "--warmup", "1", "--json"]))
+           for p in precisions},
         "torch": lambda: run_json(pin + [py, TWIN, "bench", "--model", model_dir, "--threads", t, "--batch", b,
                                    "--iters", str(args.torch_iters), "--warmup", "1"], env=torch_env),
     }
     times = {k: [] for k in engines}
     info = {}
     for r in range(args.rounds):
-        for name in ("ort", "ours", "ort", "torch"):
+        for name in ["ort"] + [f"ours-{p}" for p in precisions] + ["ort", "torch"]:
             res = engines[name]()
             times[name] += res["times_ms"]
             info.setdefault(name, []).append(res)
             print(f"round {r + 1}/{args.rounds} {name:5s}: median {res['median_ms']:9.1f} ms per batch", flush=True)
 
-    labels = {"ours": f"perceiver.cpp ({info['ours'][0]['backend']}, {args.precision})",
-              "ort": info["ort"][0]["engine"], "torch": info["torch"][0]["engine"] + " (eager, twin)"}
-    ours = statistics.median(times["ours"])
+    blas = info["torch"][0].get("blas", "unknown")
+    labels = {f"ours-{p}": f"perceiver.cpp ({info[f'ours-{p}'][0]['backend']}, {p})" for p in precisions}
+    labels.update({"ort": info["ort"][0]["engine"],
+                   "torch": info["torch"][0]["engine"] + f" (eager, twin, {blas.split(' ')[0]})"})
+    ours = statistics.median(times[f"ours-{precisions[0]}"])
     print()
     print(f"Full-size conv model (random weights), 224x224, batch {args.batch}, {args.threads} threads, "
-          f"{args.rounds} interleaved rounds (ORT, ours, ORT, PyTorch)")
+          f"{args.rounds} interleaved rounds (ORT, ours {'/'.join(precisions)}, ORT, PyTorch)")
+    print(f"PyTorch's BLAS: {blas}")
+    if "openblas" not in blas and "mkl" not in blas:
+        print("WARNING: PyTorch is not on an optimised BLAS (install libopenblas0-pthread); its times are not "
+              "representative")
     print()
-    print("| engine | median ms/image | min ms/image | images/s | GFLOP/s | load ms | peak RSS MB | time vs perceiver.cpp |")
+    print(f"| engine | median ms/image | min ms/image | images/s | GFLOP/s | load ms | peak RSS MB "
+          f"| time vs perceiver.cpp {precisions[0]} |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name in ("ours", "ort", "torch"):
+    for name in [f"ours-{p}" for p in precisions] + ["ort", "torch"]:
         med, mn = statistics.median(times[name]) / args.batch, min(times[name]) / args.batch
         load = statistics.median(x["load_ms"] for x in info[name])
         rss = max(x["peak_rss_mb"] for x in info[name])
         print(f"| {labels[name]} | {med:.0f} | {mn:.0f} | {1000 / med:.2f} | {GFLOP * 1000 / med:.0f} | {load:.0f} "
               f"| {rss:.0f} | {statistics.median(times[name]) / ours:.2f}x |")
     print()
-    print(f"ONNX Runtime / perceiver.cpp: {statistics.median(times['ort']) / ours:.2f}x; "
-          f"PyTorch / perceiver.cpp: {statistics.median(times['torch']) / ours:.2f}x (median latency ratios)")
+    for p in precisions:
+        mine = statistics.median(times[f"ours-{p}"])
+        print(f"perceiver.cpp {p}: ONNX Runtime / ours {statistics.median(times['ort']) / mine:.2f}x, "
+              f"PyTorch / ours {statistics.median(times['torch']) / mine:.2f}x (median latency ratios)")
 
 
 if __name__ == "__main__":

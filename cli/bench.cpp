@@ -154,6 +154,9 @@ void run_bench(const BenchArgs& args) {
   const double images_per_s = B / (med / 1000.0);
   const double gflops = flops * B / (med / 1000.0) / 1e9;
   const double rss = peak_rss_mb();
+  // This CPU's limit for the precision's GEMM instruction, measured after the timed runs (a quarter second).
+  const CpuPeak peak = measure_cpu_peak(info.precision, threads);
+  const double fraction = peak.gflops_per_s > 0 ? gflops / peak.gflops_per_s : 0.0;
 
   if (args.json) {
     nlohmann::json j;
@@ -176,6 +179,9 @@ void run_bench(const BenchArgs& args) {
     j["images_per_s"] = images_per_s;
     j["gflop_per_image"] = flops / 1e9;
     j["gflops_per_s"] = gflops;
+    j["peak_gflops_per_s"] = peak.gflops_per_s;
+    j["peak_instruction"] = peak.instruction;
+    j["fraction_of_peak"] = fraction;
     j["peak_rss_mb"] = rss;
     j["peak_rss_after_load_mb"] = rss_after_load;
     j["times_ms"] = ms;
@@ -193,6 +199,9 @@ void run_bench(const BenchArgs& args) {
               args.iters, args.warmup);
   std::printf("cpu time:   median %.1f ms per batch over all threads\n", median(cpu));
   std::printf("throughput: %.3f images/s, %.1f ms per image, %.1f GFLOP/s\n", images_per_s, med / B, gflops);
+  if (peak.gflops_per_s > 0)
+    std::printf("cpu peak:   %.1f GFLOP/s (%s, %d thread%s): %.1f%% of it\n", peak.gflops_per_s,
+                peak.instruction.c_str(), threads, threads == 1 ? "" : "s", 100 * fraction);
   std::printf("peak RSS:   %.1f MB (%.1f MB after loading)\n", rss, rss_after_load);
 }
 

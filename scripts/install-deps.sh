@@ -17,6 +17,7 @@ PACKAGES=(
   python3 python3-numpy                     # the hub stand-in server used by tests
   python3-dev pybind11-dev python3-pytest python3-pil   # the Python module and its tests
   dataset-fashion-mnist                     # real-data accuracy test
+  python3-torch libopenblas0-pthread        # bench/side_by_side.py's PyTorch, on OpenBLAS (not reference BLAS)
 )
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null

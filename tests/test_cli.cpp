@@ -134,11 +134,11 @@ TEST(Cli, BadInputsFailCleanlyWithoutPartialOutput) {
 }
 
 // perceiver bench --json: one object with the fields the benchmark scripts read, consistent with each other,
-// from both weight files and both precisions.
+// from both weight files and every precision.
 TEST(Cli, BenchJsonReportsConsistentTimings) {
   auto dir = test::vectors_dir() / "conv-tiny";
   for (std::string weights : {"model.safetensors", "pytorch_model.bin"})
-    for (std::string precision : {"fp32", "bf16"}) {
+    for (std::string precision : {"fp32", "bf16", "int8"}) {
       SCOPED_TRACE(weights + " " + precision);
       std::string output;
       ASSERT_EQ(test::run_command(cli() + " bench --json --model " + quote(dir) + " --weights " +
@@ -166,6 +166,16 @@ TEST(Cli, BenchJsonReportsConsistentTimings) {
       EXPECT_GT(j["load_ms"].get<double>(), 0.0);
       EXPECT_GE(j["peak_rss_mb"].get<double>(), j["peak_rss_after_load_mb"].get<double>());
       EXPECT_FALSE(j["cpu"].get<std::string>().empty());
+      // The CPU's peak for the precision's instruction (0 where it has none) and the fraction of it reached.
+      const double peak = j["peak_gflops_per_s"], fraction = j["fraction_of_peak"];
+      if (peak > 0) {
+        EXPECT_NEAR(fraction, j["gflops_per_s"].get<double>() / peak, 1e-9);
+        EXPECT_GT(fraction, 0.0);
+        EXPECT_LT(fraction, 1.5);  // a tiny model's GEMMs reach well below the peak
+        EXPECT_FALSE(j["peak_instruction"].get<std::string>().empty());
+      } else {
+        EXPECT_EQ(fraction, 0.0);
+      }
     }
 }
 

@@ -37,6 +37,16 @@ const char* precision_name(Precision precision);  // "fp32", "bf16", "int8"
 // "fp32" / "bf16" / "int8"; throws Error(usage) naming the value otherwise.
 Precision parse_precision(const std::string& name);
 
+// This CPU's peak rate of the instruction the GEMMs of `precision` are built on (fp32: vfmadd231ps; bf16:
+// vdpbf16ps; int8: vpdpbusd), in GFLOP/s (int8: GOP/s; a multiply-add counts 2), on `threads` threads
+// (<= 0: all cores): a register-only loop of independent instructions, about `seconds` long. gflops_per_s
+// is 0 where the CPU lacks the instruction. For `perceiver bench`'s fraction of peak.
+struct CpuPeak {
+  double gflops_per_s = 0;
+  std::string instruction;  // e.g. "vpdpbusd zmm"
+};
+CpuPeak measure_cpu_peak(Precision precision, int threads, double seconds = 0.25);
+
 struct ModelOptions {
   std::filesystem::path weights_file;  // empty: model.safetensors if present, else pytorch_model.bin
   Precision precision = Precision::fp32;

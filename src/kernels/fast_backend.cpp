@@ -35,6 +35,7 @@
 #include "kernels/fast_gemm.h"
 #include "kernels/fast_kernels.h"
 #include "kernels/image_ops.h"
+#include "kernels/int8_gemm.h"
 #include "kernels/kernels.h"
 #include "kernels/numerics.h"
 #include "kernels/scratch.h"
@@ -108,6 +109,7 @@ class FastLinear : public PackedLinear {
   md weight_md;
   dnnl::memory weights, bias;  // packed weights and the bias own their buffers; in-place weights do not
   std::unique_ptr<fast::GemmWeights> own;  // fp32 on AVX-512: our GEMM (fast_gemm.h) instead of oneDNN
+  std::unique_ptr<int8::Int8Weights> int8;  // int8: our VNNI GEMM (int8_gemm.h)
 };
 
 // Query rows per tile of the oneDNN attention (bf16, and fp32 without AVX-512): 256 ran the bf16 model 4%
@@ -211,11 +213,18 @@ class FastBackend final : public Backend {
     if (precision == Precision::bf16 && (!fast::cpu_has_avx512() || std::getenv("PERCEIVER_DISABLE_AVX512")))
       throw Error(ErrorKind::usage,
                   "--precision bf16 needs a CPU with AVX-512; this one has none (use fp32)");
+    if (precision == Precision::int8 && int8::best_kernel() == int8::Kernel::plain)
+      throw Error(ErrorKind::usage,
+                  "--precision int8 needs a CPU with AVX-512 VNNI or AVX-VNNI; this one has neither (use fp32)");
     ThreadCount tc(threads_);
     auto w = std::make_unique<FastLinear>();
     w->in_features = in_features;
     w->precision = precision;
     for (const auto& p : parts) w->out_features += p.rows;
+    if (precision == Precision::int8) {
+      w->int8 = std::make_unique<int8::Int8Weights>(parts, in_features, threads_);
+      return w;
+    }
     const int K = in_features, N = w->out_features;
     if (precision == Precision::fp32 && fast::use_avx512()) {
       std::vector<const float*> weights, biases;
@@ -284,6 +293,11 @@ class FastBackend final : public Backend {
                    "linear " + std::to_string(rows) + "x" + std::to_string(K) + "x" + std::to_string(N) +
                        (act == Activation::gelu ? " gelu" : "") + (residual ? " +res" : ""),
                    2.0 * rows * K * N);
+    if (w.int8) {
+      int8::linear(int8::best_kernel(), *w.int8, x, ldx, rows, y, ldy, act == Activation::gelu, residual,
+                   threads_, gemm_scratch_);
+      return;
+    }
     if (residual && residual != y) {  // y = ... + residual: copy it into y, then sum into y
 #pragma omp parallel for num_threads(threads_) schedule(static)
       for (int m = 0; m < rows; ++m) std::memcpy(y + m * ldy, residual + m * ldy, sizeof(float) * N);
@@ -465,6 +479,11 @@ size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
 
 void FastBackend::attention(const AttentionArgs& a) {
   if (a.batch <= 0 || a.heads <= 0 || a.nq <= 0) return;
+  if (a.precision == Precision::int8) {  // int8 models attend in bf16 where the CPU runs it, else fp32
+    AttentionArgs args = a;
+    args.precision = fast::use_avx512() ? Precision::bf16 : Precision::fp32;
+    return attention(args);
+  }
   ThreadCount tc(threads_);
   std::optional<Profile::Scope> prof;
   if (profile_.on)

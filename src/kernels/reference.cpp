@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/image_ops.h"
+#include "kernels/int8_gemm.h"
 #include "kernels/kernels.h"
 #include "kernels/numerics.h"
 
@@ -20,6 +21,7 @@ class ReferenceLinear : public PackedLinear {
   std::vector<float> weight;  // [N, K], bf16-rounded when precision is bf16
   std::vector<float> bias;    // [N] or empty
   Precision precision = Precision::fp32;
+  std::unique_ptr<int8::Int8Weights> int8;  // int8: quantised weights, run by the plain int8 kernel
 };
 
 class ReferenceBackend : public Backend {
@@ -35,6 +37,11 @@ class ReferenceBackend : public Backend {
     auto w = std::make_unique<ReferenceLinear>();
     w->in_features = in_features;
     w->precision = precision;
+    if (precision == Precision::int8) {
+      for (const auto& p : parts) w->out_features += p.rows;
+      w->int8 = std::make_unique<int8::Int8Weights>(parts, in_features, threads_);
+      return w;
+    }
     const bool any_bias = std::any_of(parts.begin(), parts.end(), [](const LinearPart& p) { return p.bias; });
     for (const auto& p : parts) {
       w->out_features += p.rows;
@@ -51,6 +58,11 @@ class ReferenceBackend : public Backend {
   void linear(const PackedLinear& packed, const float* x, long ldx, int rows, float* y, long ldy,
               Activation act, const float* residual) override {
     const auto& w = static_cast<const ReferenceLinear&>(packed);
+    if (w.int8) {  // int8_gemm.h: the plain int8 kernel, the definition the fast ones reproduce
+      int8::linear(int8::Kernel::plain, *w.int8, x, ldx, rows, y, ldy, act == Activation::gelu, residual,
+                   threads_, int8_scratch_);
+      return;
+    }
     const int n_out = w.out_features, k_in = w.in_features;
 #pragma omp parallel num_threads(threads_)
     {
@@ -144,6 +156,7 @@ class ReferenceBackend : public Backend {
 
  private:
   int threads_;
+  Scratch int8_scratch_;  // quantised GEMM inputs of int8 layers
 };
 
 }  // namespace

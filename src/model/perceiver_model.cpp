@@ -25,8 +25,6 @@ std::unique_ptr<Backend> make_backend(const ModelOptions& options) {
     backend = make_best_backend(options.threads);
   else
     throw Error(ErrorKind::usage, "unknown backend '" + options.backend + "' (auto, fast, reference)");
-  if (options.precision == Precision::int8)
-    throw Error(ErrorKind::usage, "precision int8: not available in this build (use fp32 or bf16)");
   if (options.backend == "fast" && backend->name() == "reference")
     throw Error(ErrorKind::usage, "the fast backend is not available on this build or CPU");
   return backend;

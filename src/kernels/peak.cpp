@@ -1,0 +1,133 @@
+// measure_cpu_peak (perceiver.h): this CPU's peak rate of the instruction each precision's GEMMs are built
+// on, from a loop of independent instructions on registers only (no loads, no stores), on every thread at
+// once.
+//   fp32  vfmadd231ps zmm (ymm without AVX-512)      16 (8) multiply-adds
+//   bf16  vdpbf16ps zmm (AVX512_BF16; else oneDNN emulates bf16 with fp32 FMAs)   32 multiply-adds
+//   int8  vpdpbusd zmm (AVX-512 VNNI) or ymm (AVX-VNNI), whichever int8_gemm.h runs   64 (32) multiply-adds
+// One multiply-add counts as 2 operations. 20 accumulators: more independent chains than latency x
+// throughput on current x86 cores (FMA 4 x 2, vdpbf16ps 6 x 2), so the loop runs at the issue rate. CPUs
+// where oneDNN uses AMX for bf16 run faster than the figure given here.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/int8_gemm.h"
+#include "perceiver/perceiver.h"
+
+namespace perceiver {
+namespace {
+
+constexpr int kChains = 20;
+
+#define PCV_REPEAT20(X) \
+  X(0)                  \
+  X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15) X(16) X(17) X(18) X(19)
+
+// Each loop: `iterations` rounds of kChains independent instructions; returns nothing the compiler could
+// drop (the asm is volatile and its outputs feed the next round).
+#define PCV_PEAK_LOOP(name, isa, reg_type, zero)                      \
+  __attribute__((target(isa), noinline)) void name(long iterations) { \
+    PCV_REPEAT20(PCV_DECL)                                            \
+    reg_type x = zero;                                                \
+    for (long i = 0; i < iterations; ++i) {                           \
+      PCV_REPEAT20(PCV_STEP)                                          \
+    }                                                                 \
+    PCV_REPEAT20(PCV_SINK)                                            \
+  }
+#define PCV_STEP_ASM(insn, i) __asm__ volatile(insn " %1, %1, %0" : "+v"(c##i) : "v"(x));
+
+#define PCV_DECL(i) __m512 c##i = _mm512_setzero_ps();
+#define PCV_STEP(i) PCV_STEP_ASM("vfmadd231ps", i)
+#define PCV_SINK(i) __asm__ volatile("" ::"v"(c##i));
+PCV_PEAK_LOOP(fma512, "avx512f", __m512, _mm512_set1_ps(1e-9f))
+#undef PCV_STEP
+#define PCV_STEP(i) PCV_STEP_ASM("vdpbf16ps", i)
+PCV_PEAK_LOOP(dpbf16_512, "avx512f,avx512bf16", __m512, _mm512_setzero_ps())
+#undef PCV_STEP
+#undef PCV_DECL
+#define PCV_DECL(i) __m512i c##i = _mm512_setzero_si512();
+#define PCV_STEP(i) PCV_STEP_ASM("vpdpbusd", i)
+PCV_PEAK_LOOP(dpbusd512, "avx512f,avx512vnni", __m512i, _mm512_set1_epi8(1))
+#undef PCV_STEP
+#undef PCV_DECL
+#define PCV_DECL(i) __m256 c##i = _mm256_setzero_ps();
+#define PCV_STEP(i) PCV_STEP_ASM("vfmadd231ps", i)
+PCV_PEAK_LOOP(fma256, "avx2,fma", __m256, _mm256_set1_ps(1e-9f))
+#undef PCV_STEP
+#undef PCV_DECL
+#define PCV_DECL(i) __m256i c##i = _mm256_setzero_si256();
+#define PCV_STEP(i) PCV_STEP_ASM("%{vex%} vpdpbusd", i)
+PCV_PEAK_LOOP(dpbusd256, "avx2,avxvnni", __m256i, _mm256_set1_epi8(1))
+#undef PCV_STEP
+#undef PCV_DECL
+#undef PCV_SINK
+
+bool env_set(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v && std::strcmp(v, "0") != 0;
+}
+
+bool has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+         !env_set("PERCEIVER_DISABLE_AVX512");
+}
+
+bool has_avx512_bf16() {
+  if (!has_avx512()) return false;
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;  // CPUID leaf 7 sub-leaf 1, EAX bit 5: AVX512_BF16
+  __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(1));
+  return (eax >> 5) & 1u;
+}
+
+double seconds_of(void (*loop)(long), long iterations, int threads) {
+  const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads)
+  loop(iterations);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+CpuPeak measure_cpu_peak(Precision precision, int threads, double seconds) {
+  if (threads <= 0) threads = omp_get_num_procs();
+  CpuPeak peak;
+  void (*loop)(long) = nullptr;
+  double ops_per_instruction = 0;  // multiply-adds x 2
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (precision == Precision::int8) {
+    const int8::Kernel kernel = int8::best_kernel();
+    if (kernel == int8::Kernel::avx512_vnni)
+      loop = dpbusd512, ops_per_instruction = 128, peak.instruction = "vpdpbusd zmm";
+    else if (kernel == int8::Kernel::avx_vnni)
+      loop = dpbusd256, ops_per_instruction = 64, peak.instruction = "vpdpbusd ymm";
+  } else if (precision == Precision::bf16 && has_avx512_bf16()) {
+    loop = dpbf16_512, ops_per_instruction = 64, peak.instruction = "vdpbf16ps zmm";
+  } else if (has_avx512()) {
+    loop = fma512, ops_per_instruction = 32, peak.instruction = "vfmadd231ps zmm";
+  } else if (avx2) {
+    loop = fma256, ops_per_instruction = 16, peak.instruction = "vfmadd231ps ymm";
+  }
+#endif
+  if (!loop) return peak;
+  // Calibrate on a short run, then one run of about `seconds`.
+  long iterations = 1 << 16;
+  double t = seconds_of(loop, iterations, threads);
+  while (t < 0.01) {
+    iterations *= 4;
+    t = seconds_of(loop, iterations, threads);
+  }
+  iterations = std::max(iterations, long(iterations * (seconds / t)));
+  t = seconds_of(loop, iterations, threads);
+  peak.gflops_per_s = double(iterations) * kChains * ops_per_instruction * threads / t * 1e-9;
+  return peak;
+}
+
+}  // namespace perceiver
