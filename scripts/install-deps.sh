@@ -14,7 +14,8 @@ PACKAGES=(
   libdnnl-dev ocl-icd-opencl-dev            # oneDNN GEMMs (its CMake config needs OpenCL headers)
   libgtest-dev libgmock-dev libbenchmark-dev  # tests, micro-benchmarks
   clang-14 libclang-rt-14-dev libomp-14-dev   # fuzzing (libFuzzer; OpenMP for the clang configure)
-  python3 python3-numpy                     # the hub stand-in server used by tests
+  python3 python3-numpy python3-pytest      # the hub stand-in server, the server tests
+  libcpp-httplib-dev                        # perceiver serve (HTTP server)
   dataset-fashion-mnist                     # real-data accuracy test
 )
 $SUDO apt-get update -qq
