@@ -427,6 +427,12 @@ struct Server::Impl {
       if (!res.body.empty()) return;
       if (res.status == 404)
         send_error(res, 404, "no route " + req.method + " " + req.path);
+      else if (res.status == 413 &&
+               req.get_header_value("Content-Type").rfind("application/x-www-form-urlencoded", 0) == 0)
+        send_error(
+            res, 413,
+            "a body of Content-Type application/x-www-form-urlencoded (curl -d's default) is limited to "
+            "8 KB; send the image as Content-Type: image/jpeg (or application/octet-stream)");
       else if (res.status == 413)
         send_error(
             res, 413,
