@@ -84,6 +84,7 @@ struct Server::Impl {
   Metrics metrics;
   httplib::Server http;
   int bound_port = -1;
+  int listen_socket = -1;  // the listening socket (POSIX fd)
 
   Impl(ServerOptions opts, std::vector<ModelEntry> entries) : options(std::move(opts)) {
     for (ModelEntry& entry : entries) {
@@ -455,6 +456,13 @@ struct Server::Impl {
     const int threads =
         options.http_threads > 0 ? options.http_threads : std::clamp(options.max_queue + 16, 32, 1024);
     http.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
+    // SO_REUSEADDR (a restart may bind while old connections linger) but not httplib's default SO_REUSEPORT,
+    // which would let a second server bind the same port silently. The socket is kept to widen its backlog.
+    http.set_socket_options([this](int sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+      listen_socket = sock;
+    });
     http.set_payload_max_length(size_t(options.max_body_bytes));
     http.set_read_timeout(std::max(1, options.request_timeout_s), 0);
     http.set_write_timeout(std::max(1, options.request_timeout_s), 0);
@@ -474,6 +482,9 @@ int Server::bind() {
   if (bound <= 0)
     throw Error(ErrorKind::usage, "cannot listen on " + host + ":" + std::to_string(port) +
                                       " (address in use, or not an address of this machine)");
+  // httplib listens with a backlog of 5: a burst of clients connecting at once would see SYNs dropped and
+  // retried a second later. listen() again on the bound socket widens the backlog.
+  if (impl_->listen_socket >= 0) ::listen(impl_->listen_socket, SOMAXCONN);
   impl_->bound_port = bound;
   return bound;
 }
