@@ -104,6 +104,7 @@ def main():
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--requests", type=int, default=3000, help="most requests per run (fashion)")
     ap.add_argument("--seconds", type=float, default=20, help="most seconds per run (fashion)")
+    ap.add_argument("--full-clients", type=int, default=16, help="concurrent clients (full-size model)")
     ap.add_argument("--full-requests", type=int, default=200, help="most requests per run (full-size model)")
     ap.add_argument("--full-seconds", type=float, default=60, help="most seconds per run (full-size model)")
     ap.add_argument("--threads", type=int, default=0, help="serve --threads (0: all cores)")
@@ -115,28 +116,29 @@ def main():
     cat = ROOT / "samples" / "cat.jpg"
     setups = [
         ("fashion", "fashion-mnist-conv (643k params, 56x56)", ["--model", f"fashion={SHARED / 'models' / 'fashion-mnist-conv'}"],
-         fashion_png, args.requests, args.seconds),
-        ("full", "full-size conv, random weights (41M params, 224x224)", ["--random-model", "full"], cat,
-         args.full_requests, args.full_seconds),
+         fashion_png, args.requests, args.seconds, args.clients),
+        ("full", "full-size conv, random weights (224x224)", ["--random-model", "full"], cat,
+         args.full_requests, args.full_seconds, args.full_clients),
     ]
     rows = []
-    for name, label, model_args, image, max_requests, seconds in setups:
+    for name, label, model_args, image, max_requests, seconds, clients in setups:
         if args.only and args.only != name:
             continue
         body = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
                                        "data": [base64.b64encode(image.read_bytes()).decode()]}]}).encode()
         for max_batch in (8, 1):
-            extra = ["--max-batch", str(max_batch), "--max-queue", str(max(256, args.clients * 2))]
+            extra = ["--max-batch", str(max_batch), "--max-queue", str(max(256, clients * 2)),
+                     "--request-timeout-s", "600"]
             if args.threads:
                 extra += ["--threads", str(args.threads)]
             proc, port = start_server(args.cli, model_args, extra)
             try:
-                run_load(port, name, body, min(args.clients, 8), min(16, max_requests), 10)  # warm-up
-                r = run_load(port, name, body, args.clients, max_requests, seconds)
+                run_load(port, name, body, min(clients, 8), min(16, max_requests), 10)  # warm-up
+                r = run_load(port, name, body, clients, max_requests, seconds)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=120)
-            r.update(model=label, max_batch=max_batch, clients=args.clients)
+            r.update(model=label, max_batch=max_batch, clients=clients)
             rows.append(r)
             if args.json:
                 print(json.dumps(r), flush=True)

@@ -124,9 +124,12 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--random-model", args->random_models,
                   "NAME of a full-size random-weight conv model (load benchmarks)")
       ->group("");
-  cmd->add_option("--host", args->host, "Address to listen on (default 127.0.0.1: this machine only)");
+  // --host/--port: the last one given wins (a container's entry point sets them, its arguments may again).
+  cmd->add_option("--host", args->host, "Address to listen on (default 127.0.0.1: this machine only)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   cmd->add_option("--port", args->port, "Port (default 8000; 0: any free port, printed)")
-      ->check(CLI::Range(0, 65535));
+      ->check(CLI::Range(0, 65535))
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   cmd->add_option("-t,--threads", args->threads, "Threads per forward pass (default: all cores)")
       ->check(CLI::Range(0, 1024));
   cmd->add_option("--precision", args->precision, "fp32, bf16 or int8")

@@ -73,7 +73,7 @@ void Batcher::gather(std::unique_lock<std::mutex>& lock, std::vector<std::shared
 
 void Batcher::work(size_t worker) {
   BatchRunner& run = runners_[worker];
-  std::vector<std::shared_ptr<BatchJob>> batch;
+  std::vector<std::shared_ptr<BatchJob>> batch, live;
   std::vector<float> pixels, logits;  // the pass's inputs and outputs, reused (grow only)
   const size_t num_labels = size_t(options_.num_labels);
   for (;;) {
@@ -85,7 +85,7 @@ void Batcher::work(size_t worker) {
       gather(lock, batch);
     }
     // Jobs whose client has gone (timed out) are answered with an error and not run.
-    std::vector<std::shared_ptr<BatchJob>> live;
+    live.clear();
     for (auto& job : batch) {
       if (job->abandoned.load()) {
         job->error = "abandoned";
