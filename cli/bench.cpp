@@ -207,6 +207,8 @@ void run_bench(const BenchArgs& args) {
 
 }  // namespace
 
+std::string full_size_conv_config_json() { return conv_config_json(); }
+
 void register_bench(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();
   CLI::App* cmd = app.add_subcommand(

@@ -49,6 +49,9 @@ auto naming_file(const std::string& file, F&& body) -> decltype(body()) {
 std::function<Image(int64_t)> file_source(const std::vector<std::filesystem::path>& files,
                                           int64_t max_image_pixels = DecodeOptions{}.max_pixels);
 
+// config.json of deepmind/vision-perceiver-conv (1000 generic labels): `bench` and `serve --random-model`.
+std::string full_size_conv_config_json();
+
 void register_classify(CLI::App& app);
 void register_preprocess(CLI::App& app);
 void register_info(CLI::App& app);
@@ -57,5 +60,6 @@ void register_embed(CLI::App& app);
 void register_train_head(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_attention(CLI::App& app);
+void register_serve(CLI::App& app);
 
 }  // namespace perceiver::cli

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   perceiver::cli::register_train_head(app);
   perceiver::cli::register_eval(app);
   perceiver::cli::register_attention(app);
+  perceiver::cli::register_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

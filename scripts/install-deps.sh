@@ -16,6 +16,7 @@ PACKAGES=(
   clang-14 libclang-rt-14-dev libomp-14-dev   # fuzzing (libFuzzer; OpenMP for the clang configure)
   python3 python3-numpy                     # the hub stand-in server used by tests
   python3-dev pybind11-dev python3-pytest python3-pil   # the Python module and its tests
+  libcpp-httplib-dev                        # perceiver serve (HTTP server)
   dataset-fashion-mnist                     # real-data accuracy test
   python3-torch libopenblas0-pthread        # bench/side_by_side.py's PyTorch, on OpenBLAS (not reference BLAS)
 )
