@@ -35,30 +35,6 @@ struct BenchArgs {
   bool quiet = false;
 };
 
-// config.json of deepmind/vision-perceiver-conv (what the HF conversion script writes; labels left generic).
-std::string conv_config_json() {
-  nlohmann::json j;
-  j["architectures"] = {"PerceiverForImageClassificationConvProcessing"};
-  j["model_type"] = "perceiver";
-  j["num_latents"] = 512;
-  j["d_latents"] = 1024;
-  j["d_model"] = 322;
-  j["num_blocks"] = 8;
-  j["num_self_attends_per_block"] = 6;
-  j["num_self_attention_heads"] = 8;
-  j["num_cross_attention_heads"] = 1;
-  j["qk_channels"] = nullptr;
-  j["v_channels"] = nullptr;
-  j["cross_attention_shape_for_attention"] = "kv";
-  j["self_attention_widening_factor"] = 1;
-  j["cross_attention_widening_factor"] = 1;
-  j["hidden_act"] = "gelu";
-  j["use_query_residual"] = true;
-  j["image_size"] = 56;
-  j["num_labels"] = 1000;
-  return j.dump();
-}
-
 // Peak resident set size in MB: VmHWM from /proc/self/status, else getrusage's ru_maxrss.
 double peak_rss_mb() {
   std::ifstream status("/proc/self/status");
@@ -103,7 +79,7 @@ void run_bench(const BenchArgs& args) {
   if (args.model.empty()) {
     model_name = "random deepmind/vision-perceiver-conv (in memory)";
     const auto t0 = clock::now();
-    model = Model::create_random(conv_config_json(), 1, options);
+    model = Model::create_random(vision_perceiver_conv_config_json(), 1, options);
     load_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
   } else {
     options.revision = args.revision;
@@ -206,8 +182,6 @@ void run_bench(const BenchArgs& args) {
 }
 
 }  // namespace
-
-std::string full_size_conv_config_json() { return conv_config_json(); }
 
 void register_bench(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();

@@ -49,8 +49,6 @@ auto naming_file(const std::string& file, F&& body) -> decltype(body()) {
 std::function<Image(int64_t)> file_source(const std::vector<std::filesystem::path>& files,
                                           int64_t max_image_pixels = DecodeOptions{}.max_pixels);
 
-// config.json of deepmind/vision-perceiver-conv (1000 generic labels): `bench` and `serve --random-model`.
-std::string full_size_conv_config_json();
 
 void register_classify(CLI::App& app);
 void register_preprocess(CLI::App& app);

@@ -75,7 +75,7 @@ void run_serve(const ServeArgs& args) {
     random_options.preprocess_defaults = true;
     const auto t0 = std::chrono::steady_clock::now();
     add(name, "random weights (deepmind/vision-perceiver-conv shapes)",
-        Model::create_random(full_size_conv_config_json(), 1, random_options), t0);
+        Model::create_random(vision_perceiver_conv_config_json(), 1, random_options), t0);
   }
 
   server::ServerOptions server_options;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "image/image.h"
+#include "perceiver/perceiver.h"
 
 namespace perceiver {
 
@@ -35,5 +36,12 @@ std::vector<uint8_t> read_idx_labels(const std::filesystem::path& path);
 
 // Image `index` as RGB with the gray value in all three channels (PIL mode "L" -> convert("RGB")).
 ImageU8 idx_image_rgb(const IdxImages& images, int64_t index);
+
+// Debian's dataset-fashion-mnist.
+inline const std::filesystem::path kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
+
+// Logits [10000, 10] of all Fashion-MNIST test images through the image path (gray 28x28 -> RGB ->
+// preprocessor_config.json) and `model_dir`'s model loaded with `options`, 500 images per forward pass.
+std::vector<float> fashion_mnist_test_logits(const std::filesystem::path& model_dir, ModelOptions options);
 
 }  // namespace perceiver

@@ -15,32 +15,10 @@
 namespace perceiver {
 namespace {
 
-const std::filesystem::path kDataset = "/usr/share/datasets/fashion-mnist";
+const std::filesystem::path kDataset = kFashionMnistDir;
 
-// Logits of all test images, [10000, 10], through the image path and a model loaded with `options`.
 std::vector<float> test_set_logits(const ModelOptions& options) {
-  IdxImages images = read_idx_images(kDataset / "t10k-images-idx3-ubyte.gz");
-  EXPECT_EQ(images.count, 10000);
-  const auto model_dir = test::shared_dir() / "models" / "fashion-mnist-conv";
-  PreprocessorConfig prep = load_preprocessor_config(model_dir / "preprocessor_config.json");
-  auto model = Model::load(model_dir, options);
-  const int num_labels = model->info().num_labels;
-  EXPECT_EQ(num_labels, 10);
-  const int batch = 500;
-  std::vector<float> logits(size_t(images.count) * num_labels), pixels;
-  int H = 0, W = 0;
-  for (int64_t start = 0; start < images.count; start += batch) {
-    const int n = static_cast<int>(std::min<int64_t>(batch, images.count - start));
-    for (int i = 0; i < n; ++i) {
-      ImageU8 rgb = idx_image_rgb(images, start + i);
-      preprocessed_size(prep, rgb, &H, &W);
-      pixels.resize(size_t(n) * 3 * H * W);
-      preprocess(rgb, prep, &pixels[size_t(i) * 3 * H * W]);
-    }
-    model->classify(pixels.data(), n, H, W, &logits[size_t(start) * num_labels]);
-  }
-  EXPECT_EQ(H, 56);
-  return logits;
+  return fashion_mnist_test_logits(test::shared_dir() / "models" / "fashion-mnist-conv", options);
 }
 
 int argmax10(const float* row) { return static_cast<int>(std::max_element(row, row + 10) - row); }

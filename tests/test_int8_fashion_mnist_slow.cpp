@@ -18,35 +18,15 @@
 namespace perceiver {
 namespace {
 
-const std::filesystem::path kDataset = "/usr/share/datasets/fashion-mnist";
+const std::filesystem::path kDataset = kFashionMnistDir;
 constexpr int kMinAgreement = 9950;         // of 10,000: 99.5 %
 constexpr double kMaxAccuracyLoss = 0.003;  // 0.3 points
 
 std::vector<float> int8_test_set_logits(const std::string& backend) {
-  IdxImages images = read_idx_images(kDataset / "t10k-images-idx3-ubyte.gz");
-  EXPECT_EQ(images.count, 10000);
-  const auto model_dir = test::shared_dir() / "models" / "fashion-mnist-conv";
-  PreprocessorConfig prep = load_preprocessor_config(model_dir / "preprocessor_config.json");
   ModelOptions options;
   options.precision = Precision::int8;
   options.backend = backend;
-  auto model = Model::load(model_dir, options);
-  const int num_labels = model->info().num_labels;
-  EXPECT_EQ(num_labels, 10);
-  const int batch = 500;
-  std::vector<float> logits(size_t(images.count) * num_labels), pixels;
-  int H = 0, W = 0;
-  for (int64_t start = 0; start < images.count; start += batch) {
-    const int n = static_cast<int>(std::min<int64_t>(batch, images.count - start));
-    for (int i = 0; i < n; ++i) {
-      ImageU8 rgb = idx_image_rgb(images, start + i);
-      preprocessed_size(prep, rgb, &H, &W);
-      pixels.resize(size_t(n) * 3 * H * W);
-      preprocess(rgb, prep, &pixels[size_t(i) * 3 * H * W]);
-    }
-    model->classify(pixels.data(), n, H, W, &logits[size_t(start) * num_labels]);
-  }
-  return logits;
+  return fashion_mnist_test_logits(test::shared_dir() / "models" / "fashion-mnist-conv", options);
 }
 
 int argmax10(const float* row) { return static_cast<int>(std::max_element(row, row + 10) - row); }
@@ -99,22 +79,6 @@ TEST(FashionMnistInt8, AgreesWithHuggingFaceFp32) {
 // A full-size model (deepmind/vision-perceiver-conv's shapes, random weights): int8 logits against fp32's on
 // the same images. Bars (issue 17): the same top-1 and cosine(logits) >= 0.995 for every image.
 TEST(FullSizeInt8, LogitsCloseToFp32) {
-  nlohmann::json config;
-  config["architectures"] = {"PerceiverForImageClassificationConvProcessing"};
-  config["model_type"] = "perceiver";
-  config["num_latents"] = 512;
-  config["d_latents"] = 1024;
-  config["d_model"] = 322;
-  config["num_blocks"] = 8;
-  config["num_self_attends_per_block"] = 6;
-  config["num_self_attention_heads"] = 8;
-  config["num_cross_attention_heads"] = 1;
-  config["self_attention_widening_factor"] = 1;
-  config["cross_attention_widening_factor"] = 1;
-  config["hidden_act"] = "gelu";
-  config["use_query_residual"] = true;
-  config["image_size"] = 56;
-  config["num_labels"] = 1000;
   const int B = 2, H = 224, W = 224;
   std::vector<float> pixels(size_t(B) * 3 * H * W);
   uint32_t state = 7;
@@ -125,7 +89,7 @@ TEST(FullSizeInt8, LogitsCloseToFp32) {
   auto logits_at = [&](Precision precision) {
     ModelOptions options;
     options.precision = precision;
-    auto model = Model::create_random(config.dump(), 1, options);
+    auto model = Model::create_random(vision_perceiver_conv_config_json(), 1, options);
     std::vector<float> logits(size_t(B) * 1000);
     model->classify(pixels.data(), B, H, W, logits.data());
     return logits;

@@ -130,6 +130,10 @@ struct Tensor {
 
 class Model;
 
+// config.json of deepmind/vision-perceiver-conv (as HF's conversion script writes it; labels generic): the
+// full-size model of benchmarks and tests, with Model::create_random.
+std::string vision_perceiver_conv_config_json();
+
 // The directory of a model: `model` itself when it is a directory, else the hub snapshot of the repo id it
 // names (downloaded into the Hugging Face cache once; ModelOptions::revision, hub_progress). Throws
 // Error(model) / Error(network).

@@ -6,6 +6,8 @@
 #include <mutex>
 #include <numeric>
 
+#include <nlohmann/json.hpp>
+
 #include "model/context.h"
 #include "perceiver/perceiver.h"
 
@@ -28,6 +30,29 @@ Precision parse_precision(const std::string& name) {
   if (name == "bf16") return Precision::bf16;
   if (name == "int8") return Precision::int8;
   throw Error(ErrorKind::usage, "precision '" + name + "': expected fp32, bf16 or int8");
+}
+
+std::string vision_perceiver_conv_config_json() {
+  nlohmann::json j;
+  j["architectures"] = {"PerceiverForImageClassificationConvProcessing"};
+  j["model_type"] = "perceiver";
+  j["num_latents"] = 512;
+  j["d_latents"] = 1024;
+  j["d_model"] = 322;
+  j["num_blocks"] = 8;
+  j["num_self_attends_per_block"] = 6;
+  j["num_self_attention_heads"] = 8;
+  j["num_cross_attention_heads"] = 1;
+  j["qk_channels"] = nullptr;
+  j["v_channels"] = nullptr;
+  j["cross_attention_shape_for_attention"] = "kv";
+  j["self_attention_widening_factor"] = 1;
+  j["cross_attention_widening_factor"] = 1;
+  j["hidden_act"] = "gelu";
+  j["use_query_residual"] = true;
+  j["image_size"] = 56;
+  j["num_labels"] = 1000;
+  return j.dump();
 }
 
 Pool parse_pool(const std::string& name) {

@@ -34,7 +34,6 @@
 #include "kernels/fast_attention.h"
 #include "kernels/fast_gemm.h"
 #include "kernels/fast_kernels.h"
-#include "kernels/image_ops.h"
 #include "kernels/int8_gemm.h"
 #include "kernels/kernels.h"
 #include "kernels/numerics.h"
@@ -189,18 +188,6 @@ class FastBackend final : public Backend {
   std::unique_ptr<Backend> clone() const override { return std::make_unique<FastBackend>(threads_, engine_); }
   int threads() const override { return threads_; }
 
-  void im2col(const float* image, int channels, int height, int width, int kernel, int stride, int pad,
-              int out_h, int out_w, int row0, int rows, float* col) override {
-    image_ops::im2col(image, channels, height, width, kernel, stride, pad, out_h, out_w, row0, rows, col,
-                      threads_);
-  }
-  void scale_shift_relu(float* x, long tokens, int channels, const float* scale, const float* shift) override {
-    image_ops::scale_shift_relu(x, tokens, channels, scale, shift, threads_);
-  }
-  void max_pool(const float* x, int batch, int height, int width, int channels, int kernel, int stride,
-                float* out, long out_ld) override {
-    image_ops::max_pool(x, batch, height, width, channels, kernel, stride, out, out_ld, threads_);
-  }
 
   // fp32 on AVX-512 runs our own GEMM, which wants its packed layout; elsewhere oneDNN reads fp32 in place.
   bool reads_in_place(Precision precision) const override {

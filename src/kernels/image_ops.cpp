@@ -1,5 +1,7 @@
 #include "kernels/image_ops.h"
 
+#include "kernels/kernels.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -54,3 +56,21 @@ void max_pool(const float* x, int batch, int height, int width, int channels, in
 }
 
 }  // namespace perceiver::image_ops
+
+namespace perceiver {
+
+void Backend::im2col(const float* image, int channels, int height, int width, int kernel, int stride, int pad,
+                     int out_h, int out_w, int row0, int rows, float* col) {
+  image_ops::im2col(image, channels, height, width, kernel, stride, pad, out_h, out_w, row0, rows, col, threads());
+}
+
+void Backend::scale_shift_relu(float* x, long tokens, int channels, const float* scale, const float* shift) {
+  image_ops::scale_shift_relu(x, tokens, channels, scale, shift, threads());
+}
+
+void Backend::max_pool(const float* x, int batch, int height, int width, int channels, int kernel, int stride,
+                       float* out, long out_ld) {
+  image_ops::max_pool(x, batch, height, width, channels, kernel, stride, out, out_ld, threads());
+}
+
+}  // namespace perceiver

@@ -91,19 +91,19 @@ class Backend {
 
   virtual void attention(const AttentionArgs& args) = 0;
 
-  // Image ops of the conv stem, activations channels-last.
+  // Image ops of the conv stem, activations channels-last: plain loops over threads() (image_ops.cpp) for
+  // every backend unless one overrides them.
   // im2col of a zero-padded k x k, stride-s convolution for output rows [row0, row0 + rows) of the
   // batch-stacked output (row r = b * out_h + y): col [rows * out_w, channels * k * k], column c * k*k + ky * k
   // + kx (PyTorch's OIHW weight flattened). image: [batch, channels, height, width].
   virtual void im2col(const float* image, int channels, int height, int width, int kernel, int stride, int pad,
-                      int out_h, int out_w, int row0, int rows, float* col) = 0;
+                      int out_h, int out_w, int row0, int rows, float* col);
   // x[t, c] = max(0, x[t, c] * scale[c] + shift[c]) for t < tokens: eval-mode BatchNorm folded, then ReLU.
-  virtual void scale_shift_relu(float* x, long tokens, int channels, const float* scale,
-                                const float* shift) = 0;
+  virtual void scale_shift_relu(float* x, long tokens, int channels, const float* scale, const float* shift);
   // k x k, stride-s max-pool without padding. x: [batch, height, width, channels]; out: token t = y * out_w + x
   // of image b at out + (b * out_h * out_w + t) * out_ld, `channels` floats (out_ld >= channels).
   virtual void max_pool(const float* x, int batch, int height, int width, int channels, int kernel, int stride,
-                        float* out, long out_ld) = 0;
+                        float* out, long out_ld);
 };
 
 // threads <= 0: use every core the process may run on.

@@ -7,7 +7,6 @@
 #include <cstring>
 #include <vector>
 
-#include "kernels/image_ops.h"
 #include "kernels/int8_gemm.h"
 #include "kernels/kernels.h"
 #include "kernels/numerics.h"
@@ -141,18 +140,6 @@ class ReferenceBackend : public Backend {
     }
   }
 
-  void im2col(const float* image, int channels, int height, int width, int kernel, int stride, int pad,
-              int out_h, int out_w, int row0, int rows, float* col) override {
-    image_ops::im2col(image, channels, height, width, kernel, stride, pad, out_h, out_w, row0, rows, col,
-                      threads_);
-  }
-  void scale_shift_relu(float* x, long tokens, int channels, const float* scale, const float* shift) override {
-    image_ops::scale_shift_relu(x, tokens, channels, scale, shift, threads_);
-  }
-  void max_pool(const float* x, int batch, int height, int width, int channels, int kernel, int stride,
-                float* out, long out_ld) override {
-    image_ops::max_pool(x, batch, height, width, channels, kernel, stride, out, out_ld, threads_);
-  }
 
  private:
   int threads_;
