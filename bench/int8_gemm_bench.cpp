@@ -1,5 +1,5 @@
 // bench_int8_gemm: y = x W^T + b on one linear-layer shape: our fp32 GEMM (fast_gemm.h), our int8 kernels
-// (int8_gemm.h: AVX-512 VNNI, AVX-VNNI, whichever this CPU has; activation quantisation and the fp32
+// (int8_gemm.h: AMX-INT8, AVX-512 VNNI, AVX-VNNI, whichever this CPU has; activation quantisation and the fp32
 // epilogue included) and oneDNN's u8 x s8 -> s32 matmul (its raw product only: no quantisation, no
 // dequantisation), interleaved call by call so that the noise of a shared machine hits them alike. Prints
 // min/median GFLOP/s (GOP/s for int8) of each.
@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   using perceiver::int8::Kernel;
   std::vector<Kernel> kernels;
-  for (Kernel k : {Kernel::avx512_vnni, Kernel::avx_vnni})
+  for (Kernel k : {Kernel::amx_int8, Kernel::avx512_vnni, Kernel::avx_vnni})
     if (perceiver::int8::kernel_supported(k)) kernels.push_back(k);
   omp_set_num_threads(threads);
 

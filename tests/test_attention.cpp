@@ -124,6 +124,31 @@ TEST_P(AttentionGolden, MaterialisedProbabilitiesLeaveTheLogitsBitForBit) {
   EXPECT_EQ(std::memcmp(again.data(), plain.data(), sizeof(float) * plain.size()), 0);
 }
 
+// bf16 (and int8, which attends in bf16) without probabilities to return writes the exponentials straight
+// into the bf16 tile; with them, the fp32 probabilities are converted afterwards: the same bits.
+TEST(AttentionBf16, MaterialisedProbabilitiesLeaveTheLogitsBitForBit) {
+  for (Precision precision : {Precision::bf16, Precision::int8}) {
+    SCOPED_TRACE(precision == Precision::bf16 ? "bf16" : "int8");
+    const auto dir = test::vectors_dir() / "conv-tiny";
+    ModelOptions options;
+    options.precision = precision;
+    options.images_per_pass = 64;
+    std::unique_ptr<Model> model;
+    try {
+      model = Model::load(dir, options);
+    } catch (const Error& e) {  // a CPU without AVX-512 / VNNI: the fast backend refuses these precisions
+      GTEST_SKIP() << e.what();
+    }
+    auto ctx = model->create_context();
+    const Golden g = golden_pixels(dir);
+    std::vector<float> plain(size_t(g.B) * model->info().num_labels);
+    ctx->logits(g.pixels.data(), g.B, g.H, g.W, plain.data());
+    const AttentionMaps maps = attention_maps(*ctx, g.pixels.data(), g.B, g.H, g.W);
+    ASSERT_EQ(maps.logits.data.size(), plain.size());
+    EXPECT_EQ(std::memcmp(maps.logits.data.data(), plain.data(), sizeof(float) * plain.size()), 0);
+  }
+}
+
 std::vector<ProbsCase> probs_cases() {
   std::vector<ProbsCase> cases;
   for (std::string v : {"conv-tiny", "fourier-tiny", "learned-tiny"})

@@ -26,7 +26,7 @@ std::vector<float> random_vector(size_t n, float lo, float hi, uint32_t seed) {
 
 std::vector<Kernel> fast_kernels() {
   std::vector<Kernel> kernels;
-  for (Kernel k : {Kernel::avx_vnni, Kernel::avx512_vnni})
+  for (Kernel k : {Kernel::avx_vnni, Kernel::avx512_vnni, Kernel::amx_int8})
     if (int8::kernel_supported(k)) kernels.push_back(k);
   return kernels;
 }
@@ -38,12 +38,13 @@ struct Shape {
   bool gelu, residual;
 };
 
-// Shapes that are not multiples of the tiles (6 rows, 64-column panels, 16-lane vectors, 4-byte k-groups),
-// one that is, one narrower than a vector, and one row.
+// Shapes that are not multiples of the tiles (6 rows, 64-column panels, 16-lane vectors, 4-byte k-groups;
+// AMX: 32 x 32 blocks, 64-k tiles), ones that are, one narrower than a vector, and one row.
 const Shape kShapes[] = {{1, 1, 1, false, false},       {7, 17, 5, false, false},
                          {13, 70, 33, true, false},     {6, 64, 64, false, true},
                          {25, 200, 130, true, true},    {50, 129, 257, false, true},
-                         {3, 1000, 1024, false, false}, {12, 48, 3, true, true}};
+                         {3, 1000, 1024, false, false}, {12, 48, 3, true, true},
+                         {64, 96, 128, true, true},     {45, 320, 900, false, true}};
 
 struct Problem {
   std::vector<float> w0, w1, b0, x, residual;

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #ifdef PERCEIVER_HAVE_ONEDNN
@@ -287,6 +288,24 @@ TEST(FastKernels, GeluMatchesTheExactErfForm) {
 // The softmax's exp() gives 0, not a denormal, below exp(-86): denormal probabilities would make the P V
 // products take microcode assists. Above that it matches std::exp to 4e-7; the length has vector and tail
 // parts.
+// With a bf16 destination: the same sum, and the bf16 of the values the in-place form writes.
+TEST(FastKernels, SoftmaxExpIntoBf16IsTheInPlaceResultConverted) {
+  for (int n : {1, 15, 16, 33, 512}) {
+    std::vector<float> x(n);
+    for (int j = 0; j < n; ++j) x[j] = std::sin(0.37f * float(j)) * 9.0f;
+    std::vector<float> in_place = x;
+    const float want_sum = fast::exp_scaled_shifted_sum(in_place.data(), n, 0.7f, 2.0f);
+    std::vector<uint16_t> want(n), got(n);
+    fast::to_bf16(in_place.data(), n, want.data());
+    std::vector<float> untouched = x;
+    const float got_sum = fast::exp_scaled_shifted_sum(untouched.data(), n, 0.7f, 2.0f, got.data());
+    SCOPED_TRACE(n);
+    EXPECT_EQ(std::memcmp(&got_sum, &want_sum, 4), 0);
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(std::memcmp(untouched.data(), x.data(), sizeof(float) * n), 0);
+  }
+}
+
 TEST(FastKernels, SoftmaxExpNeverReturnsDenormals) {
   std::vector<float> x = {0.0f,   -1.0f,  -20.5f,  -50.0f,  -85.9f,  -86.0f, -86.1f,
                           -87.5f, -95.0f, -103.0f, -104.0f, -200.0f, -1e30f};

@@ -557,12 +557,15 @@ void FastBackend::attention(const AttentionArgs& a) {
         float* s = a.probs ? a.probs + (bh * nq + i0) * size_t(nk) : s_tile;  // [rows, keys] dense
         tile.qk->run(tid, streams_[tid], q_ptr, k_head + size_t(j0) * dqk * esize, s, dnnl_scratch);
         // Online softmax: exp(s * scale - running max), rescale what was accumulated so far.
+        // bf16 without probabilities to return: the exponentials go straight to the bf16 tile.
         float alpha[kMaxTileRows];
+        const bool direct_bf16 = bf16 && !a.probs;
         for (int i = 0; i < rows; ++i) {
           float* si = s + size_t(i) * keys;
           const float m_new = c == 0 ? fast::row_max_scaled(si, keys, a.scale)
                                      : std::max(row_max[i], fast::row_max_scaled(si, keys, a.scale));
-          const float sum = fast::exp_scaled_shifted_sum(si, keys, a.scale, m_new);
+          const float sum = fast::exp_scaled_shifted_sum(si, keys, a.scale, m_new,
+                                                         direct_bf16 ? p_tile + size_t(i) * keys : nullptr);
           if (c == 0) {
             row_sum[i] = sum;
           } else {
@@ -573,7 +576,7 @@ void FastBackend::attention(const AttentionArgs& a) {
         }
         const void* p_in = s;
         if (bf16) {
-          fast::to_bf16(s, long(rows) * keys, p_tile);
+          if (!direct_bf16) fast::to_bf16(s, long(rows) * keys, p_tile);
           p_in = p_tile;
         }
         tile.pv->run(tid, streams_[tid], p_in, v_head + size_t(j0) * dv * esize, o_tile, dnnl_scratch);

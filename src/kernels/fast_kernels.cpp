@@ -13,6 +13,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "kernels/avx512_math.h"
 #include "kernels/numerics.h"
@@ -103,28 +107,49 @@ PCV_AVX512 float row_max_scaled(const float* x, int n, float scale) {
   return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
 }
 
-PCV_AVX512 float exp_scaled_shifted_sum(float* x, int n, float scale, float shift) {
+// Round to nearest even with integer arithmetic (AVX-512F only): bits + 0x7fff + lsb, NaNs kept quiet.
+PCV_AVX512 inline __m256i bf16_round_avx512(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+PCV_AVX512 inline void store_f32_or_bf16(float* x, uint16_t* y, int j, __m512 e) {
+  if (y)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + j), bf16_round_avx512(e));
+  else
+    _mm512_storeu_ps(x + j, e);
+}
+
+// The new values go to x, or as bf16 to y when y is given (x then stays as it was).
+PCV_AVX512 float exp_scaled_shifted_sum(float* x, int n, float scale, float shift, uint16_t* y) {
   const __m512 vs = _mm512_set1_ps(scale), vsh = _mm512_set1_ps(shift);
   __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
   int j = 0;
   for (; j + 32 <= n; j += 32) {
     const __m512 e0 = exp512(_mm512_fmsub_ps(_mm512_loadu_ps(x + j), vs, vsh));
     const __m512 e1 = exp512(_mm512_fmsub_ps(_mm512_loadu_ps(x + j + 16), vs, vsh));
-    _mm512_storeu_ps(x + j, e0);
-    _mm512_storeu_ps(x + j + 16, e1);
+    store_f32_or_bf16(x, y, j, e0);
+    store_f32_or_bf16(x, y, j + 16, e1);
     s0 = _mm512_add_ps(s0, e0);
     s1 = _mm512_add_ps(s1, e1);
   }
   for (; j + 16 <= n; j += 16) {
     const __m512 e = exp512(_mm512_fmsub_ps(_mm512_loadu_ps(x + j), vs, vsh));
-    _mm512_storeu_ps(x + j, e);
+    store_f32_or_bf16(x, y, j, e);
     s0 = _mm512_add_ps(s0, e);
   }
   if (j < n) {
     const __mmask16 m = tail_mask(n - j);
     const __m512 e =
         _mm512_maskz_mov_ps(m, exp512(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, x + j), vs, vsh)));
-    _mm512_mask_storeu_ps(x + j, m, e);
+    if (y)
+      _mm256_mask_storeu_epi16(y + j, m, bf16_round_avx512(e));
+    else
+      _mm512_mask_storeu_ps(x + j, m, e);
     s1 = _mm512_add_ps(s1, e);
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
@@ -163,16 +188,6 @@ PCV_AVX512 void gelu_inplace(float* y, int n) {
   }
 }
 
-// Round to nearest even with integer arithmetic (AVX-512F only): bits + 0x7fff + lsb, NaNs kept quiet.
-PCV_AVX512 inline __m256i bf16_round_avx512(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
-  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-  return _mm512_cvtepi32_epi16(r);
-}
-
 PCV_AVX512 void to_bf16_avx512(const float* x, long n, uint16_t* y) {
   long j = 0;
   for (; j + 16 <= n; j += 16)
@@ -204,9 +219,16 @@ float row_max_scaled(const float* x, int n, float scale) {
   return m;
 }
 
-float exp_scaled_shifted_sum(float* x, int n, float scale, float shift) {
+float exp_scaled_shifted_sum(float* x, int n, float scale, float shift, uint16_t* y) {
   float sum = 0;
-  for (int j = 0; j < n; ++j) sum += (x[j] = exp_flushed(x[j] * scale - shift));
+  for (int j = 0; j < n; ++j) {
+    const float e = exp_flushed(x[j] * scale - shift);
+    if (y)
+      y[j] = float_to_bf16_bits(e);
+    else
+      x[j] = e;
+    sum += e;
+  }
   return sum;
 }
 
@@ -233,6 +255,27 @@ const bool kUseAvx512 = cpu_has_avx512() && !std::getenv("PERCEIVER_DISABLE_AVX5
 
 bool use_avx512() { return kUseAvx512; }
 
+bool cpu_has_amx(Amx kind) {
+#if defined(__x86_64__) && defined(__linux__)
+  if (!kUseAvx512) return false;
+  // CPUID leaf 7 sub-leaf 0, EDX: bit 22 AMX-BF16, bit 24 AMX-TILE, bit 25 AMX-INT8.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
+  const bool tile = (edx >> 24) & 1u;
+  const bool unit = kind == Amx::int8 ? (edx >> 25) & 1u : (edx >> 22) & 1u;
+  if (!tile || !unit) return false;
+  // The tile data (XFEATURE 18) is off until the process asks for it; without it a tile instruction faults.
+  static const bool permitted = [] {
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return permitted;
+#else
+  (void)kind;
+  return false;
+#endif
+}
+
 void layer_norm_row(const float* x, int n, const float* gamma, const float* beta, float eps, float* y) {
   kUseAvx512 ? avx512::layer_norm_row(x, n, gamma, beta, eps, y)
              : portable::layer_norm_row(x, n, gamma, beta, eps, y);
@@ -240,9 +283,9 @@ void layer_norm_row(const float* x, int n, const float* gamma, const float* beta
 float row_max_scaled(const float* x, int n, float scale) {
   return kUseAvx512 ? avx512::row_max_scaled(x, n, scale) : portable::row_max_scaled(x, n, scale);
 }
-float exp_scaled_shifted_sum(float* x, int n, float scale, float shift) {
-  return kUseAvx512 ? avx512::exp_scaled_shifted_sum(x, n, scale, shift)
-                    : portable::exp_scaled_shifted_sum(x, n, scale, shift);
+float exp_scaled_shifted_sum(float* x, int n, float scale, float shift, uint16_t* y) {
+  return kUseAvx512 ? avx512::exp_scaled_shifted_sum(x, n, scale, shift, y)
+                    : portable::exp_scaled_shifted_sum(x, n, scale, shift, y);
 }
 void scale_copy(const float* x, int n, float a, float* y) {
   kUseAvx512 ? avx512::scale_copy(x, n, a, y) : portable::scale_copy(x, n, a, y);

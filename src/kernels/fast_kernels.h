@@ -12,13 +12,21 @@ bool cpu_has_avx512_bf16();  // vcvtneps2bf16
 // The AVX-512 kernels are in use: the CPU has them and PERCEIVER_DISABLE_AVX512 is not set.
 bool use_avx512();
 
+// AMX tiles of the given kind are usable by this process: the CPU has AMX-TILE and AMX-INT8 (or AMX-BF16),
+// AVX-512 is in use, and Linux granted the tile state (arch_prctl ARCH_REQ_XCOMP_PERM, asked once per
+// process). Whether a kernel uses them is its own choice (int8_gemm.h: PERCEIVER_DISABLE_AMX; oneDNN's bf16
+// GEMMs: ONEDNN_MAX_CPU_ISA).
+enum class Amx { int8, bf16 };
+bool cpu_has_amx(Amx kind);
+
 // y = (x - mean) / sqrt(var + eps) * gamma + beta over one row of n values (biased variance). y may alias x.
 void layer_norm_row(const float* x, int n, const float* gamma, const float* beta, float eps, float* y);
 
 // max_j x[j] * scale
 float row_max_scaled(const float* x, int n, float scale);
-// x[j] = exp(x[j] * scale - shift) in place; returns the sum of the new values.
-float exp_scaled_shifted_sum(float* x, int n, float scale, float shift);
+// x[j] = exp(x[j] * scale - shift) in place, or, with y, y[j] = bf16(exp(x[j] * scale - shift)) with x left
+// as it is; returns the sum of the new (fp32) values.
+float exp_scaled_shifted_sum(float* x, int n, float scale, float shift, uint16_t* y = nullptr);
 // y = x * a
 void scale_copy(const float* x, int n, float a, float* y);
 // y = y * a + x

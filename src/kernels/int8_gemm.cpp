@@ -1,11 +1,16 @@
 // int8 linear layers (see int8_gemm.h): packing, the plain kernels that define the results, and the
-// AVX-512 VNNI and AVX-VNNI kernels that reproduce them bit for bit.
+// AMX-INT8, AVX-512 VNNI and AVX-VNNI kernels that reproduce them bit for bit.
 //
 // Fast kernels: register tiles of 6 rows x 64 columns (AVX-512: 24 zmm int32 accumulators, 4 zmm of W, one
 // broadcast of 4 bytes of x per row and k-group; AVX-VNNI: 6 x 16 in 12 ymm). No k-blocking: a panel of W for
 // K = 1024 is 64 KB (a quarter of fp32's) and stays in L2 while all row strips pass over it, a strip of x
 // (6 x K bytes) stays in L1, and int32 sums need no partial-sum bookkeeping. Threads take blocks of panels
 // (or row strips when there are fewer panels than threads), after quantising a share of the rows each.
+//
+// AMX: 2 x 2 tiles of int32 sums (32 rows x 32 columns) from 2 tiles of x (16 rows x 64 k, u8) and 2 of W
+// (16 k-groups x 16 columns x 4 k, s8: the panel layout as it is, rows width * 4 bytes apart); the sums go
+// through a 4 KB buffer into the AVX-512 epilogue. x is quantised with rows padded to 64 k (zeros), and
+// 32 extra zero rows, so that every tile load stays inside the buffers.
 //
 // Bit-exactness: the integer sums are exact in any order; the epilogue is the same IEEE operations in the
 // same order in every kernel (fma, a true division in GELU instead of vrcp14ps, 2^k built from its bits), and
@@ -24,10 +29,13 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/fast_kernels.h"
 #include "perceiver/error.h"
 
 #define PCV_VNNI512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma")))
 #define PCV_AVXVNNI __attribute__((target("avx2,fma,avxvnni")))
+#define PCV_AMX \
+  __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,amx-tile,amx-int8")))
 
 namespace perceiver::int8 {
 namespace {
@@ -209,16 +217,14 @@ PCV_VNNI512 inline void dpbusd(__m512i& acc, __m512i a, __m512i b) {
   __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
 }
 
-// The epilogue of a 512-bit tile: sums [R][16 NV] int32 -> y (see epilogue()). Kept out of line: inlined
-// into the tile, its registers made GCC spill the accumulators of the k loop.
-template <int R, int NV>
-PCV_VNNI512 __attribute__((noinline)) void store512(const int32_t* sums, const TileOut& o) {
-  for (int j = 0; j < NV; ++j) {
-    const __mmask16 mask = j == NV - 1 ? __mmask16((1u << o.last) - 1) : __mmask16(0xffff);
+// The epilogue of rows [i0, i1) of a 512-bit tile: sums [rows][16 nv] int32 -> y (see epilogue()).
+PCV_VNNI512 inline void store512_rows(const int32_t* sums, int i0, int i1, int nv, const TileOut& o) {
+  for (int j = 0; j < nv; ++j) {
+    const __mmask16 mask = j == nv - 1 ? __mmask16((1u << o.last) - 1) : __mmask16(0xffff);
     const __m512i colsum = _mm512_loadu_si512(o.colsum + 16 * j);
     const __m512 w_scale = _mm512_loadu_ps(o.w_scale + 16 * j), bias = _mm512_loadu_ps(o.bias + 16 * j);
-    for (int i = 0; i < R; ++i) {
-      const __m512i acc = _mm512_load_si512(sums + (i * NV + j) * 16);
+    for (int i = i0; i < i1; ++i) {
+      const __m512i acc = _mm512_load_si512(sums + (i * nv + j) * 16);
       const __m512i exact =
           _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_set1_epi32(o.rows[i].zero), colsum));
       __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact),
@@ -228,6 +234,11 @@ PCV_VNNI512 __attribute__((noinline)) void store512(const int32_t* sums, const T
       _mm512_mask_storeu_ps(o.y + i * o.ldy + 16 * j, mask, v);
     }
   }
+}
+
+// Kept out of line: inlined into the VNNI tile, its registers made GCC spill the accumulators of the k loop.
+PCV_VNNI512 __attribute__((noinline)) void store512(const int32_t* sums, int rows, int nv, const TileOut& o) {
+  store512_rows(sums, 0, rows, nv, o);
 }
 
 // y[R, 16 NV] from q[R, padded_k] (rows lda apart) and a panel of width 16 NV' >= 16 NV. The accumulators
@@ -272,7 +283,7 @@ PCV_VNNI512 inline void tile512(const uint8_t* a, long lda, const int8_t* b, int
   PCV_SAVE(0)
   PCV_SAVE(1) PCV_SAVE(2) PCV_SAVE(3) PCV_SAVE(4) PCV_SAVE(5)
 #undef PCV_SAVE
-      store512<R, NV>(sums, o);
+      store512(sums, R, NV, o);
 }
 
 template <int R>
@@ -307,6 +318,86 @@ PCV_VNNI512 void any_tile512(int rows, int nv, const uint8_t* a, long lda, const
       return tile512_nv<6>(nv, a, lda, b, width, groups, o);
   }
 }
+
+// ---- AMX-INT8 ----------------------------------------------------------------------------------------------
+
+constexpr int kAmxRows = 32, kAmxCols = 32, kAmxK = 64;  // a 2 x 2 block of C tiles; k per tile load
+
+// The tile shapes of ldtilecfg, palette 1: every tile 16 rows x 64 bytes (C: 16 x 16 int32; x: 16 rows x 64 u8;
+// W: 16 k-groups x 16 columns x 4 s8).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// GCC 12's tile intrinsics are asm statements that name only a first byte or a register of the memory they
+// read or write; the operands and the "memory" barriers below keep the compiler from dropping the stores of
+// the config or moving buffer accesses across tile loads and stores.
+PCV_AMX void amx_configure() {
+  TileConfig config;
+  for (int t = 0; t < 8; ++t) config.bytes_per_row[t] = 64, config.rows[t] = 16;
+  __asm__ volatile("ldtilecfg %0" ::"m"(config) : "memory");
+}
+
+// A block's sums waiting for their epilogue.
+struct Pending {
+  const int32_t* sums = nullptr;  // [rows][16 nv]
+  int rows = 0, nv = 0;
+  TileOut out{};
+};
+
+// sums [16 MT][16 NT] int32 (rows 64 NT bytes apart) = q[16 MT, 64 k_blocks] (rows lda apart) x the W tiles
+// of 16 NT columns starting at b (k-group rows `stride` bytes apart). Tiles: C 0..3 (row block i, column
+// block j: 2 i + j), x 4 and 5, W 6 and 7. The epilogue of the previous block (`prev`, in another buffer)
+// runs a few rows per k step, so the vector units work while the tile unit does.
+template <int MT, int NT>
+PCV_AMX void amx_block(const uint8_t* a, long lda, const int8_t* b, long stride, int k_blocks, int32_t* sums,
+                       const Pending& prev) {
+  __asm__ volatile("" ::: "memory");
+  const int rows_per_step = (prev.rows + k_blocks - 1) / k_blocks;
+  int done = 0;
+  _tile_zero(0);
+  if constexpr (NT > 1) _tile_zero(1);
+  if constexpr (MT > 1) _tile_zero(2);
+  if constexpr (MT > 1 && NT > 1) _tile_zero(3);
+  for (int kb = 0; kb < k_blocks; ++kb) {
+    const int8_t* bk = b + size_t(kb) * 16 * stride;
+    _tile_loadd(4, a + kb * kAmxK, lda);
+    _tile_loadd(6, bk, stride);
+    if constexpr (NT > 1) _tile_loadd(7, bk + 64, stride);
+    if constexpr (MT > 1) _tile_loadd(5, a + 16 * lda + kb * kAmxK, lda);
+    _tile_dpbusd(0, 4, 6);
+    if constexpr (NT > 1) _tile_dpbusd(1, 4, 7);
+    if constexpr (MT > 1) _tile_dpbusd(2, 5, 6);
+    if constexpr (MT > 1 && NT > 1) _tile_dpbusd(3, 5, 7);
+    if (done < prev.rows) {
+      const int end = std::min(prev.rows, done + rows_per_step);
+      store512_rows(prev.sums, done, end, prev.nv, prev.out);
+      done = end;
+    }
+  }
+  const long ldc = 64 * NT;  // bytes
+  _tile_stored(0, sums, ldc);
+  if constexpr (NT > 1) _tile_stored(1, sums + 16, ldc);
+  if constexpr (MT > 1) _tile_stored(2, sums + 16 * 16 * NT, ldc);
+  if constexpr (MT > 1 && NT > 1) _tile_stored(3, sums + 16 * 16 * NT + 16, ldc);
+  __asm__ volatile("" ::: "memory");
+}
+
+PCV_AMX void any_amx_block(int mt, int nt, const uint8_t* a, long lda, const int8_t* b, long stride,
+                           int k_blocks, int32_t* sums, const Pending& prev) {
+  if (mt > 1)
+    nt > 1 ? amx_block<2, 2>(a, lda, b, stride, k_blocks, sums, prev)
+           : amx_block<2, 1>(a, lda, b, stride, k_blocks, sums, prev);
+  else
+    nt > 1 ? amx_block<1, 2>(a, lda, b, stride, k_blocks, sums, prev)
+           : amx_block<1, 1>(a, lda, b, stride, k_blocks, sums, prev);
+}
+
+PCV_AMX void amx_release() { _tile_release(); }
 
 // ---- AVX-VNNI (256-bit) -----------------------------------------------------------------------------------
 
@@ -428,6 +519,7 @@ PCV_AVXVNNI void any_tile256(int rows, const uint8_t* a, long lda, const int8_t*
 
 void quantize_row(Kernel kernel, const float* x, int k, int padded_k, uint8_t* q, RowQuant* params) {
   switch (kernel) {
+    case Kernel::amx_int8:
     case Kernel::avx512_vnni:
       return quantize_row_avx512(x, k, padded_k, q, params);
     case Kernel::avx_vnni:
@@ -442,18 +534,58 @@ void prefetch_to_l2(const int8_t* begin, const int8_t* end) {
   for (const int8_t* line = begin; line < end; line += 64) __builtin_prefetch(line, 0, 2);
 }
 
-// Rows [m0, m1) x panels [p0, p1) of y.
-void block(Kernel kernel, const Int8Weights& w, const uint8_t* q, const RowQuant* params, int m0, int m1,
-           int p0, int p1, float* y, long ldy, bool gelu_on, const float* residual) {
+// Rows [m0, m1) x panels [p0, p1) of y with AMX; q rows lda apart (a multiple of 64).
+void amx_tiles(const Int8Weights& w, const uint8_t* q, long lda, const RowQuant* params, int m0, int m1,
+               int p0, int p1, float* y, long ldy, bool gelu_on, const float* residual) {
+  const int N = w.n(), k_blocks = int(lda / kAmxK);
+  alignas(64) int32_t sums[2][kAmxRows * kAmxCols];  // the block in the tiles, the block in its epilogue
+  Pending pending;
+  int next = 0;
+  amx_configure();
+  for (int m = m0; m < m1; m += kAmxRows) {
+    const int rows = std::min(kAmxRows, m1 - m);
+    for (int p = p0; p < p1; ++p) {
+      const int n0 = p * kPanel, width = w.panel_width(p), stored = std::min(width, N - n0);
+      for (int c = 0; c < stored; c += kAmxCols) {
+        const int cols = std::min(kAmxCols, stored - c), nt = (cols + 15) / 16;
+        any_amx_block(rows > 16 ? 2 : 1, nt, q + size_t(m) * lda, lda, w.panel(p) + c * 4, long(width) * 4,
+                      k_blocks, sums[next], pending);
+        pending.sums = sums[next];
+        pending.rows = rows;
+        pending.nv = nt;
+        pending.out = TileOut{params + m,
+                        w.column_sums() + n0 + c,
+                        w.scales() + n0 + c,
+                        w.bias() + n0 + c,
+                        y + m * ldy + n0 + c,
+                        residual ? residual + m * ldy + n0 + c : nullptr,
+                        ldy,
+                        gelu_on,
+                        cols - 16 * (nt - 1)};
+        next = 1 - next;
+      }
+    }
+  }
+  amx_release();
+  if (pending.rows) store512(pending.sums, pending.rows, pending.nv, pending.out);
+}
+
+// Rows [m0, m1) x panels [p0, p1) of y; q rows lda apart.
+void block(Kernel kernel, const Int8Weights& w, const uint8_t* q, long lda, const RowQuant* params, int m0,
+           int m1, int p0, int p1, float* y, long ldy, bool gelu_on, const float* residual) {
   const int N = w.n(), kp = w.padded_k(), groups = w.k_groups();
   if (kernel == Kernel::plain) {
     tiles_plain(w, q, params, m0, m1, p0 * kPanel, std::min(N, p1 * kPanel), y, ldy, gelu_on, residual);
     return;
   }
+  if (kernel == Kernel::amx_int8) {
+    amx_tiles(w, q, lda, params, m0, m1, p0, p1, y, ldy, gelu_on, residual);
+    return;
+  }
   prefetch_to_l2(w.panel(p0), w.panel(p1 - 1) + size_t(w.panel_width(p1 - 1)) * kp);
   for (int m = m0; m < m1; m += kRows) {
     const int rows = std::min(kRows, m1 - m);
-    const uint8_t* a = q + size_t(m) * kp;
+    const uint8_t* a = q + size_t(m) * lda;
     for (int p = p0; p < p1; ++p) {
       const int n0 = p * kPanel, width = w.panel_width(p), stored = std::min(width, N - n0);
       if (kernel == Kernel::avx512_vnni) {
@@ -468,9 +600,9 @@ void block(Kernel kernel, const Int8Weights& w, const uint8_t* q, const RowQuant
                         gelu_on,
                         stored - 16 * (nv - 1)};
         if (rows == kRows && nv == 4 && o.last == 16)
-          tile512<kRows, 4>(a, kp, w.panel(p), width, groups, o);
+          tile512<kRows, 4>(a, lda, w.panel(p), width, groups, o);
         else
-          any_tile512(rows, nv, a, kp, w.panel(p), width, groups, o);
+          any_tile512(rows, nv, a, lda, w.panel(p), width, groups, o);
       } else {
         for (int c = 0; c < stored; c += 16) {
           const TileOut o{params + m,
@@ -482,7 +614,7 @@ void block(Kernel kernel, const Int8Weights& w, const uint8_t* q, const RowQuant
                           ldy,
                           gelu_on,
                           std::min(16, stored - c)};
-          any_tile256(rows, a, kp, w.panel(p) + c * 4, width, groups, o);
+          any_tile256(rows, a, lda, w.panel(p) + c * 4, width, groups, o);
         }
       }
     }
@@ -526,6 +658,8 @@ float gelu(float x) {
 
 const char* kernel_name(Kernel kernel) {
   switch (kernel) {
+    case Kernel::amx_int8:
+      return "amx-int8";
     case Kernel::avx512_vnni:
       return "avx512-vnni";
     case Kernel::avx_vnni:
@@ -540,6 +674,8 @@ bool kernel_supported(Kernel kernel) {
   __builtin_cpu_init();
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   switch (kernel) {
+    case Kernel::amx_int8:
+      return kernel_supported(Kernel::avx512_vnni) && fast::cpu_has_amx(fast::Amx::int8);
     case Kernel::avx512_vnni:
       if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
           !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl"))
@@ -562,6 +698,9 @@ bool kernel_supported(Kernel kernel) {
 
 Kernel best_kernel() {
   static const Kernel best = [] {
+    if (!env_set("PERCEIVER_DISABLE_AVX512") && !env_set("PERCEIVER_DISABLE_AMX") &&
+        kernel_supported(Kernel::amx_int8))
+      return Kernel::amx_int8;
     if (!env_set("PERCEIVER_DISABLE_AVX512") && kernel_supported(Kernel::avx512_vnni))
       return Kernel::avx512_vnni;
     if (kernel_supported(Kernel::avx_vnni)) return Kernel::avx_vnni;
@@ -584,7 +723,9 @@ Int8Weights::Int8Weights(const std::vector<LinearPart>& parts, int k, int thread
       bias_of[n] = parts[i].bias ? parts[i].bias + r : nullptr;
     }
   const int kp = padded_k();
-  data_.reserve(size_t(n_pad_) * kp);
+  const size_t data_bytes = size_t(n_pad_) * kp;
+  data_.reserve(data_bytes + kTileSlack);
+  std::memset(data_.as<int8_t>() + data_bytes, 0, kTileSlack);
   scale_.reserve(sizeof(float) * n_pad_);
   colsum_.reserve(sizeof(int32_t) * n_pad_);
   bias_.reserve(sizeof(float) * n_pad_);
@@ -624,16 +765,21 @@ void linear(Kernel kernel, const Int8Weights& w, const float* x, long ldx, int r
             bool gelu_on, const float* residual, int threads, Scratch& scratch) {
   if (rows <= 0) return;
   const int kp = w.padded_k(), panels = w.panels(), strips = (rows + kRows - 1) / kRows;
-  const size_t q_bytes = (size_t(rows) * kp + 63) / 64 * 64;
+  // AMX reads x in 64-k tiles of 16 rows: rows padded to 64 k with zeros, and zero rows after the last.
+  const bool amx = kernel == Kernel::amx_int8;
+  const long lda = amx ? (kp + kAmxK - 1) / kAmxK * kAmxK : kp;
+  const int extra_rows = amx ? kAmxRows : 0;
+  const size_t q_bytes = (size_t(rows + extra_rows) * lda + 63) / 64 * 64;
   scratch.reserve(q_bytes + sizeof(RowQuant) * rows);
   uint8_t* q = scratch.as<uint8_t>();
   RowQuant* params = reinterpret_cast<RowQuant*>(scratch.as<std::byte>() + q_bytes);
+  if (extra_rows) std::memset(q + size_t(rows) * lda, 0, size_t(extra_rows) * lda);
   const int T = std::max(1, std::min(threads, std::max(panels, strips)));
 #pragma omp parallel num_threads(T)
   {
 #pragma omp for schedule(static)
     for (int m = 0; m < rows; ++m)
-      quantize_row(kernel, x + m * ldx, w.k(), kp, q + size_t(m) * kp, params + m);
+      quantize_row(kernel, x + m * ldx, w.k(), int(lda), q + size_t(m) * lda, params + m);
     // (the implicit barrier: every row is quantised before any tile reads it)
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     if (panels >= nt) {
@@ -642,12 +788,12 @@ void linear(Kernel kernel, const Int8Weights& w, const float* x, long ldx, int r
       const int tasks = (panels + per_task - 1) / per_task;
 #pragma omp for schedule(dynamic, 1) nowait
       for (int task = 0; task < tasks; ++task)
-        block(kernel, w, q, params, 0, rows, task * per_task, std::min(panels, (task + 1) * per_task), y, ldy,
-              gelu_on, residual);
+        block(kernel, w, q, lda, params, 0, rows, task * per_task, std::min(panels, (task + 1) * per_task), y,
+              ldy, gelu_on, residual);
     } else {  // split the rows, in whole strips
       const int m0 = std::min(rows, strips * t / nt * kRows),
                 m1 = std::min(rows, strips * (t + 1) / nt * kRows);
-      if (m1 > m0) block(kernel, w, q, params, m0, m1, 0, panels, y, ldy, gelu_on, residual);
+      if (m1 > m0) block(kernel, w, q, lda, params, m0, m1, 0, panels, y, ldy, gelu_on, residual);
     }
   }
 }

@@ -9,8 +9,8 @@
 //   sum          acc[m, n] = sum_k Xq[m, k] Wq[n, k] - zero[m] * sum_k Wq[n, k]   (int32, exact; K <= 32768)
 //   epilogue     y = fma(float(acc), x_scale[m] * w_scale[n], b[n]); GELU; + residual   (fp32)
 //
-// Kernels: AVX-512 VNNI (zmm vpdpbusd), AVX-VNNI (ymm vpdpbusd, VEX), and the plain C++ loops, which are the
-// definition: every fast kernel computes bit-identical results (the integer sums are exact, and the fp32
+// Kernels: AMX-INT8 (tdpbusd on 16 x 64-byte tiles), AVX-512 VNNI (zmm vpdpbusd), AVX-VNNI (ymm vpdpbusd,
+// VEX), and the plain C++ loops, which are the definition: every fast kernel computes bit-identical results (the integer sums are exact, and the fp32
 // epilogue, GELU included, is the same sequence of IEEE operations in every kernel). Picked at run time.
 #pragma once
 
@@ -23,21 +23,24 @@
 
 namespace perceiver::int8 {
 
-enum class Kernel { plain, avx_vnni, avx512_vnni };
+enum class Kernel { plain, avx_vnni, avx512_vnni, amx_int8 };
 const char* kernel_name(Kernel kernel);
-bool kernel_supported(Kernel kernel);  // by this CPU
-// The fastest supported kernel: AVX-512 VNNI (unless PERCEIVER_DISABLE_AVX512 is set), else AVX-VNNI, else
-// plain.
+bool kernel_supported(Kernel kernel);  // by this CPU (and, for AMX, this process's tile permission)
+// The fastest supported kernel: AMX-INT8 (unless PERCEIVER_DISABLE_AMX or PERCEIVER_DISABLE_AVX512 is set),
+// else AVX-512 VNNI (unless PERCEIVER_DISABLE_AVX512 is set), else AVX-VNNI, else plain.
 Kernel best_kernel();
 
 // W [N, K] quantised and packed for the kernels: K in groups of 4 (zero padded), N in panels of 64 output
 // columns (the last one narrower, a multiple of 16, zero padded); panel p is [k_groups][width][4] int8, so
-// that one 64-byte vector holds 16 columns x 4 consecutive k. Scales, column sums and bias padded to
-// padded_n().
+// that one 64-byte vector holds 16 columns x 4 consecutive k, and 16 consecutive k-groups of 16 columns are
+// one AMX B tile (rows width * 4 bytes apart). Scales, column sums and bias padded to padded_n(). The data
+// ends in kTileSlack zero bytes: an AMX tile of the last k-groups may read past the last panel (the matching
+// activation bytes are zero, so what it reads there never counts).
 class Int8Weights {
  public:
   static constexpr int kPanel = 64;
   static constexpr int kMaxK = 32768;  // keeps every int32 sum below 2^31
+  static constexpr int kTileSlack = 4096;  // >= 15 k-groups x 64 columns x 4 bytes
 
   // The parts stacked by rows; a part without bias counts as zeros. threads: for the packing loop.
   Int8Weights(const std::vector<LinearPart>& parts, int k, int threads);

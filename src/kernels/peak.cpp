@@ -4,9 +4,11 @@
 //   fp32  vfmadd231ps zmm (ymm without AVX-512)      16 (8) multiply-adds
 //   bf16  vdpbf16ps zmm (AVX512_BF16; else oneDNN emulates bf16 with fp32 FMAs)   32 multiply-adds
 //   int8  vpdpbusd zmm (AVX-512 VNNI) or ymm (AVX-VNNI), whichever int8_gemm.h runs   64 (32) multiply-adds
+//   AMX   tdpbusd (int8 on the AMX kernel) and tdpbf16ps (bf16 where oneDNN runs AMX): 16 x 16 x 64
+//         (16 x 16 x 32) multiply-adds per instruction on 16-row x 64-byte tiles
 // One multiply-add counts as 2 operations. 20 accumulators: more independent chains than latency x
-// throughput on current x86 cores (FMA 4 x 2, vdpbf16ps 6 x 2), so the loop runs at the issue rate. CPUs
-// where oneDNN uses AMX for bf16 run faster than the figure given here.
+// throughput on current x86 cores (FMA 4 x 2, vdpbf16ps 6 x 2), so the loop runs at the issue rate; AMX has 4
+// accumulator tiles, as the GEMM kernels use them (tdpbusd: 16-cycle throughput, under 64 cycles latency).
 #include <immintrin.h>
 #include <omp.h>
 
@@ -15,8 +17,12 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/fast_kernels.h"
 #include "kernels/int8_gemm.h"
 #include "perceiver/perceiver.h"
+#if PERCEIVER_HAVE_ONEDNN
+#include <dnnl.hpp>
+#endif
 
 namespace perceiver {
 namespace {
@@ -66,6 +72,39 @@ PCV_PEAK_LOOP(dpbusd256, "avx2,avxvnni", __m256i, _mm256_set1_epi8(1))
 #undef PCV_DECL
 #undef PCV_SINK
 
+// AMX: all 8 tiles 16 rows x 64 bytes; 5 rounds of 4 independent tile products per iteration (20, as above).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+#define PCV_AMX_PEAK_LOOP(name, isa, insn)                                                             \
+  __attribute__((target(isa), noinline)) void name(long iterations) {                                 \
+    TileConfig config;                                                                                  \
+    for (int t = 0; t < 8; ++t) config.bytes_per_row[t] = 64, config.rows[t] = 16;                     \
+    __asm__ volatile("ldtilecfg %0\n\ttilezero %%tmm0\n\ttilezero %%tmm1\n\ttilezero %%tmm2\n\t"          \
+                     "tilezero %%tmm3\n\ttilezero %%tmm4\n\ttilezero %%tmm5\n\ttilezero %%tmm6\n\t"        \
+                     "tilezero %%tmm7" ::"m"(config)                                                     \
+                     : "memory");                                                                      \
+    for (long i = 0; i < iterations; ++i)                                                               \
+      for (int r = 0; r < 5; ++r)                                                                       \
+        __asm__ volatile(insn " %%tmm6, %%tmm4, %%tmm0\n\t" insn " %%tmm7, %%tmm4, %%tmm1\n\t" insn      \
+                              " %%tmm6, %%tmm5, %%tmm2\n\t" insn " %%tmm7, %%tmm5, %%tmm3" ::);               \
+    __asm__ volatile("tilerelease" ::: "memory");                                                      \
+  }
+PCV_AMX_PEAK_LOOP(amx_int8_loop, "amx-tile,amx-int8", "tdpbusd")
+PCV_AMX_PEAK_LOOP(amx_bf16_loop, "amx-tile,amx-bf16", "tdpbf16ps")
+#undef PCV_AMX_PEAK_LOOP
+
+// Whether oneDNN's bf16 GEMMs run on AMX in this process.
+bool onednn_uses_amx_bf16() {
+#if PERCEIVER_HAVE_ONEDNN
+  return fast::cpu_has_amx(fast::Amx::bf16) && dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core_amx;
+#else
+  return false;
+#endif
+}
+
 bool env_set(const char* name) {
   const char* v = std::getenv(name);
   return v && *v && std::strcmp(v, "0") != 0;
@@ -104,10 +143,14 @@ CpuPeak measure_cpu_peak(Precision precision, int threads, double seconds) {
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (precision == Precision::int8) {
     const int8::Kernel kernel = int8::best_kernel();
-    if (kernel == int8::Kernel::avx512_vnni)
+    if (kernel == int8::Kernel::amx_int8)
+      loop = amx_int8_loop, ops_per_instruction = 2 * 16 * 16 * 64, peak.instruction = "tdpbusd (AMX)";
+    else if (kernel == int8::Kernel::avx512_vnni)
       loop = dpbusd512, ops_per_instruction = 128, peak.instruction = "vpdpbusd zmm";
     else if (kernel == int8::Kernel::avx_vnni)
       loop = dpbusd256, ops_per_instruction = 64, peak.instruction = "vpdpbusd ymm";
+  } else if (precision == Precision::bf16 && onednn_uses_amx_bf16()) {
+    loop = amx_bf16_loop, ops_per_instruction = 2 * 16 * 16 * 32, peak.instruction = "tdpbf16ps (AMX)";
   } else if (precision == Precision::bf16 && has_avx512_bf16()) {
     loop = dpbf16_512, ops_per_instruction = 64, peak.instruction = "vdpbf16ps zmm";
   } else if (has_avx512()) {
