@@ -116,6 +116,9 @@ void run_bench(const BenchArgs& args) {
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
   };
+  // Page faults and preemptions (all threads) during the timed iterations: causes of variance.
+  rusage before{}, after{};
+  getrusage(RUSAGE_SELF, &before);
   std::vector<double> ms, cpu;
   for (int i = 0; i < args.iters; ++i) {
     const double c0 = cpu_ms();
@@ -124,6 +127,7 @@ void run_bench(const BenchArgs& args) {
     ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
     cpu.push_back(cpu_ms() - c0);
   }
+  getrusage(RUSAGE_SELF, &after);
   const double med = median(ms), mn = *std::min_element(ms.begin(), ms.end());
   const double flops = model->flops_per_image(height, width);
   const int threads = args.threads > 0 ? args.threads : omp_get_num_procs();
@@ -162,6 +166,8 @@ void run_bench(const BenchArgs& args) {
     j["peak_rss_after_load_mb"] = rss_after_load;
     j["times_ms"] = ms;
     j["median_cpu_ms"] = median(cpu);
+    j["minor_faults_timed"] = after.ru_minflt - before.ru_minflt;
+    j["involuntary_switches_timed"] = after.ru_nivcsw - before.ru_nivcsw;
     std::cout << j.dump() << "\n";
     return;
   }

@@ -19,6 +19,7 @@ PACKAGES=(
   libcpp-httplib-dev                        # perceiver serve (HTTP server)
   dataset-fashion-mnist                     # real-data accuracy test
   python3-torch libopenblas0-pthread        # bench/side_by_side.py's PyTorch, on OpenBLAS (not reference BLAS)
+  python3-onnx                              # bench/ort_quantize.py (ONNX Runtime's int8 rewrite of the graph)
 )
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
