@@ -18,13 +18,11 @@ Needs /usr/bin/python3 with python3-torch, python3-onnx, python3-pil; node with 
 """
 import argparse
 import gzip
-import inspect
 import json
 import os
 import subprocess
 import sys
 import time
-import warnings
 
 import numpy as np
 from PIL import Image
@@ -76,19 +74,6 @@ def check_against_perceiver(perceiver, model_dir, pixels, workdir):
     print(f"preprocessing: identical to `perceiver preprocess` on the {len(manifest['images'])} PNG test images")
 
 
-def export_onnx(model_dir, out_path, hw):
-    """The twin at the model's input size (perceiver_twin.py export always builds 224x224), batch BATCH."""
-    import torch
-    sys.path.insert(0, HERE)
-    import perceiver_twin
-    model = perceiver_twin.load_model(model_dir, hw)
-    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(BATCH, 3, *hw),), out_path, opset_version=14,
-                          input_names=["pixel_values"], output_names=["logits"], do_constant_folding=True, **legacy)
-
-
 def timed(cmd):
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -114,7 +99,9 @@ def main():
     check_against_perceiver(args.perceiver, args.model, pixels, args.workdir)
     np.save(work("pixels.npy"), pixels)  # [10000, 3, 56, 56] float32, 376 MB
 
-    export_onnx(args.model, work("fp32.onnx"), pixels.shape[2:])
+    sys.path.insert(0, HERE)
+    import perceiver_twin  # torch: imported only here
+    perceiver_twin.export_onnx(args.model, work("fp32.onnx"), BATCH, tuple(pixels.shape[2:]))
     quantize = [sys.executable, os.path.join(HERE, "ort_quantize.py"), work("fp32.onnx")]
     subprocess.run(quantize + [work("int8.onnx")], check=True)
     subprocess.run(quantize + [work("int8-per-channel.onnx"), "--per-channel"], check=True)

@@ -7,7 +7,7 @@ GELU, LayerNorm eps 1e-5, query residuals, 6 shared self-attention layers applie
 
   /usr/bin/python3 bench/perceiver_twin.py validate [--vectors ../shared/vectors]
   /usr/bin/python3 bench/perceiver_twin.py checkpoint --out DIR        # full-size random conv checkpoint
-  /usr/bin/python3 bench/perceiver_twin.py export --model DIR --out model.onnx [--batch 1]
+  /usr/bin/python3 bench/perceiver_twin.py export --model DIR --out model.onnx [--batch 1] [--size 224]
   /usr/bin/python3 bench/perceiver_twin.py bench --model DIR [--threads 2] [--batch 1] [--iters 3] [--warmup 1]
 
 Run it with Debian's /usr/bin/python3 and python3-torch (apt-get install -y python3-torch).
@@ -21,6 +21,7 @@ import resource
 import struct
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -271,12 +272,13 @@ def validate(vectors_dir):
     return ok
 
 
-def export_onnx(model_dir, out_path, batch):
-    model = load_model(model_dir)
+def export_onnx(model_dir, out_path, batch, image_hw=(224, 224)):
+    model = load_model(model_dir, image_hw)
     dummy = torch.zeros(batch, 3, *model.image_hw)
     # PyTorch >= 2.5 can export through dynamo; the TorchScript exporter is the one 1.13 has: use it everywhere.
     legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's tracer warnings
         torch.onnx.export(model, (dummy,), out_path, opset_version=14, input_names=["pixel_values"],
                           output_names=["logits"], do_constant_folding=True, **legacy)
     print(f"wrote {out_path}")
@@ -332,6 +334,7 @@ def main():
     e.add_argument("--model", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--batch", type=int, default=1)
+    e.add_argument("--size", type=int, default=224, help="square input side in pixels (the model's image size)")
     b = sub.add_parser("bench")
     b.add_argument("--model", required=True)
     b.add_argument("--threads", type=int, default=2)
@@ -344,7 +347,7 @@ def main():
     elif args.cmd == "checkpoint":
         make_checkpoint(args.out, args.seed)
     elif args.cmd == "export":
-        export_onnx(args.model, args.out, args.batch)
+        export_onnx(args.model, args.out, args.batch, (args.size, args.size))
     else:
         bench(args.model, args.threads, args.batch, args.iters, args.warmup)
 
