@@ -47,10 +47,18 @@ struct CpuPeak {
 };
 CpuPeak measure_cpu_peak(Precision precision, int threads, double seconds = 0.25);
 
+// Whether each OpenMP thread of a forward pass runs on a CPU of its own (ModelOptions::pin_threads).
+enum class ThreadPinning { automatic, on, off };
+
 struct ModelOptions {
   std::filesystem::path weights_file;  // empty: model.safetensors if present, else pytorch_model.bin
   Precision precision = Precision::fp32;
   int threads = 0;               // <= 0: all cores available to the process
+  // Pin each thread of a forward pass to a CPU of its own; the calling thread gets its affinity back after
+  // the pass. automatic: when the threads are as many as the CPUs the process may use and OMP_PROC_BIND,
+  // OMP_PLACES and GOMP_CPU_AFFINITY are unset (PERCEIVER_PIN_THREADS=1 or 0 decides instead when set).
+  // Faster and steadier where other processes share the cores (docs/performance.md, "Latency variance").
+  ThreadPinning pin_threads = ThreadPinning::automatic;
   std::string backend = "auto";  // "auto" (fastest available), "reference" (plain loops), "fast"
   // fp32 weights stored as F32 in model.safetensors (or in pytorch_model.bin's stored, aligned entries, as
   // torch.save writes them) are read in place from the memory-mapped file where the backend can (no copy:

@@ -34,7 +34,8 @@ const char* perceiver_version(void);
 
 /* A model directory or hub repo id. options_json: NULL for the defaults, or a JSON object with any of
  * "precision" ("fp32" | "bf16" | "int8"), "threads" (int, 0 = all cores), "backend" ("auto" | "fast" |
- * "reference"), "revision" (hub), "weights" (a weights file), "mmap" (bool), "preprocess_defaults" (bool).
+ * "reference"), "revision" (hub), "weights" (a weights file), "mmap" (bool), "preprocess_defaults" (bool),
+ * "pin_threads" ("auto" | "on" | "off": ModelOptions::pin_threads).
  * Returns NULL on failure (err says why). */
 perceiver_model* perceiver_model_load(const char* dir_or_repo_id, const char* options_json, char* err,
                                       size_t err_size);

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/thread_pinning.h"
 #include "model/context.h"
 
 namespace perceiver {
@@ -125,6 +126,7 @@ void PerceiverModel::forward(Context& context, const ForwardArgs& args) const {
                        : options_.images_per_pass > 0 ? options_.images_per_pass
                                                       : auto_images_per_pass(args.height, args.width);
   auto& ctx = static_cast<PerceiverContext&>(impl_of(context));
+  const PinnedThreads pinned(ctx.backend->threads(), options_.pin_threads);
   if (args.batch <= per_pass) return forward_pass(ctx, args);
   const size_t pixels = size_t(3) * args.height * args.width;
   const size_t L = config_.num_latents, D = config_.d_latents, labels = config_.num_labels();
