@@ -1,6 +1,6 @@
 // bench_int8_gemm: y = x W^T + b on one linear-layer shape: our fp32 GEMM (fast_gemm.h), our int8 kernels
-// (int8_gemm.h: AMX-INT8, AVX-512 VNNI, AVX-VNNI, whichever this CPU has; activation quantisation and the fp32
-// epilogue included) and oneDNN's u8 x s8 -> s32 matmul (its raw product only: no quantisation, no
+// (int8_gemm.h: AMX-INT8, AVX-512 VNNI, AVX-VNNI, whichever this CPU has; activation quantisation and the
+// fp32 epilogue included) and oneDNN's u8 x s8 -> s32 matmul (its raw product only: no quantisation, no
 // dequantisation), interleaved call by call so that the noise of a shared machine hits them alike. Prints
 // min/median GFLOP/s (GOP/s for int8) of each.
 //   bench_int8_gemm [--rows 512] [--in 1024] [--out 1024] [--threads 2] [--reps 40] [--weight-sets 8]

@@ -77,13 +77,8 @@ TEST(CApi, ModelQueries) {
 // equal the C++ API's.
 TEST(CApi, ClassifyPreprocessEmbed) {
   char err[256];
-  EXPECT_EQ(perceiver_model_load(fashion_dir().c_str(), R"({"pin_threads": "always"})", err, sizeof err),
-            nullptr);
-  EXPECT_NE(std::string(err).find("'pin_threads' must be"), std::string::npos) << err;
-
   ModelHandle m;
-  m.model = perceiver_model_load(fashion_dir().c_str(), R"({"threads": 2, "pin_threads": "off"})", err,
-                                 sizeof err);
+  m.model = perceiver_model_load(fashion_dir().c_str(), R"({"threads": 2})", err, sizeof err);
   ASSERT_NE(m.model, nullptr) << err;
   const std::string file = fashion_image("00000_9_ankle_boot.png");
   std::vector<float> from_file(10), from_bytes(10), from_pixels(10), from_context(10);
@@ -200,8 +195,8 @@ TEST(CApi, ErrorsNameTheFileAndCarryTheExitCode) {
   EXPECT_NE(std::string(err).find("'pin_threads' must be"), std::string::npos) << err;
 
   ModelHandle m;
-  m.model = perceiver_model_load(fashion_dir().c_str(), R"({"threads": 2, "pin_threads": "off"})", err,
-                                 sizeof err);
+  m.model =
+      perceiver_model_load(fashion_dir().c_str(), R"({"threads": 2, "pin_threads": "off"})", err, sizeof err);
   ASSERT_NE(m.model, nullptr) << err;
   std::vector<float> logits(10);
   const std::string not_image = (perceiver::test::source_dir() / "CMakeLists.txt").string();

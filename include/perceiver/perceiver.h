@@ -53,7 +53,7 @@ enum class ThreadPinning { automatic, on, off };
 struct ModelOptions {
   std::filesystem::path weights_file;  // empty: model.safetensors if present, else pytorch_model.bin
   Precision precision = Precision::fp32;
-  int threads = 0;               // <= 0: all cores available to the process
+  int threads = 0;  // <= 0: all cores available to the process
   // Pin each thread of a forward pass to a CPU of its own; the calling thread gets its affinity back after
   // the pass. automatic: when the threads are as many as the CPUs the process may use and OMP_PROC_BIND,
   // OMP_PLACES and GOMP_CPU_AFFINITY are unset (PERCEIVER_PIN_THREADS=1 or 0 decides instead when set).

@@ -90,7 +90,9 @@ ModelOptions parse_options(const char* options_json) {
     } else if (key == "pin_threads") {
       const std::string v = value.is_string() ? value.get<std::string>() : "";
       if (v != "auto" && v != "on" && v != "off") bad("\"auto\", \"on\" or \"off\"");
-      o.pin_threads = v == "on" ? ThreadPinning::on : v == "off" ? ThreadPinning::off : ThreadPinning::automatic;
+      o.pin_threads = v == "on"    ? ThreadPinning::on
+                      : v == "off" ? ThreadPinning::off
+                                   : ThreadPinning::automatic;
     } else if (key == "preprocess_defaults") {
       if (!value.is_boolean()) bad("true or false");
       o.preprocess_defaults = value.get<bool>();

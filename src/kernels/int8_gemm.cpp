@@ -34,8 +34,7 @@
 
 #define PCV_VNNI512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma")))
 #define PCV_AVXVNNI __attribute__((target("avx2,fma,avxvnni")))
-#define PCV_AMX \
-  __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,amx-tile,amx-int8")))
+#define PCV_AMX __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,amx-tile,amx-int8")))
 
 namespace perceiver::int8 {
 namespace {
@@ -319,12 +318,12 @@ PCV_VNNI512 void any_tile512(int rows, int nv, const uint8_t* a, long lda, const
   }
 }
 
-// ---- AMX-INT8 ----------------------------------------------------------------------------------------------
+// ---- AMX-INT8 --------------------------------------------------------------------------------------------
 
 constexpr int kAmxRows = 32, kAmxCols = 32, kAmxK = 64;  // a 2 x 2 block of C tiles; k per tile load
 
-// The tile shapes of ldtilecfg, palette 1: every tile 16 rows x 64 bytes (C: 16 x 16 int32; x: 16 rows x 64 u8;
-// W: 16 k-groups x 16 columns x 4 s8).
+// The tile shapes of ldtilecfg, palette 1: every tile 16 rows x 64 bytes (C: 16 x 16 int32; x: 16 rows x 64
+// u8; W: 16 k-groups x 16 columns x 4 s8).
 struct alignas(64) TileConfig {
   uint8_t palette = 1;
   uint8_t start_row = 0;
@@ -554,14 +553,14 @@ void amx_tiles(const Int8Weights& w, const uint8_t* q, long lda, const RowQuant*
         pending.rows = rows;
         pending.nv = nt;
         pending.out = TileOut{params + m,
-                        w.column_sums() + n0 + c,
-                        w.scales() + n0 + c,
-                        w.bias() + n0 + c,
-                        y + m * ldy + n0 + c,
-                        residual ? residual + m * ldy + n0 + c : nullptr,
-                        ldy,
-                        gelu_on,
-                        cols - 16 * (nt - 1)};
+                              w.column_sums() + n0 + c,
+                              w.scales() + n0 + c,
+                              w.bias() + n0 + c,
+                              y + m * ldy + n0 + c,
+                              residual ? residual + m * ldy + n0 + c : nullptr,
+                              ldy,
+                              gelu_on,
+                              cols - 16 * (nt - 1)};
         next = 1 - next;
       }
     }

@@ -78,19 +78,20 @@ struct alignas(64) TileConfig {
   uint16_t bytes_per_row[16] = {};
   uint8_t rows[16] = {};
 };
-#define PCV_AMX_PEAK_LOOP(name, isa, insn)                                                             \
-  __attribute__((target(isa), noinline)) void name(long iterations) {                                 \
-    TileConfig config;                                                                                  \
-    for (int t = 0; t < 8; ++t) config.bytes_per_row[t] = 64, config.rows[t] = 16;                     \
-    __asm__ volatile("ldtilecfg %0\n\ttilezero %%tmm0\n\ttilezero %%tmm1\n\ttilezero %%tmm2\n\t"          \
-                     "tilezero %%tmm3\n\ttilezero %%tmm4\n\ttilezero %%tmm5\n\ttilezero %%tmm6\n\t"        \
-                     "tilezero %%tmm7" ::"m"(config)                                                     \
-                     : "memory");                                                                      \
-    for (long i = 0; i < iterations; ++i)                                                               \
-      for (int r = 0; r < 5; ++r)                                                                       \
-        __asm__ volatile(insn " %%tmm6, %%tmm4, %%tmm0\n\t" insn " %%tmm7, %%tmm4, %%tmm1\n\t" insn      \
-                              " %%tmm6, %%tmm5, %%tmm2\n\t" insn " %%tmm7, %%tmm5, %%tmm3" ::);               \
-    __asm__ volatile("tilerelease" ::: "memory");                                                      \
+#define PCV_AMX_PEAK_LOOP(name, isa, insn)                                                          \
+  __attribute__((target(isa), noinline)) void name(long iterations) {                               \
+    TileConfig config;                                                                              \
+    for (int t = 0; t < 8; ++t) config.bytes_per_row[t] = 64, config.rows[t] = 16;                  \
+    __asm__ volatile(                                                                               \
+        "ldtilecfg %0\n\ttilezero %%tmm0\n\ttilezero %%tmm1\n\ttilezero %%tmm2\n\t"                 \
+        "tilezero %%tmm3\n\ttilezero %%tmm4\n\ttilezero %%tmm5\n\ttilezero %%tmm6\n\t"              \
+        "tilezero %%tmm7" ::"m"(config)                                                             \
+        : "memory");                                                                                \
+    for (long i = 0; i < iterations; ++i)                                                           \
+      for (int r = 0; r < 5; ++r)                                                                   \
+        __asm__ volatile(insn " %%tmm6, %%tmm4, %%tmm0\n\t" insn " %%tmm7, %%tmm4, %%tmm1\n\t" insn \
+                              " %%tmm6, %%tmm5, %%tmm2\n\t" insn " %%tmm7, %%tmm5, %%tmm3" ::);     \
+    __asm__ volatile("tilerelease" ::: "memory");                                                   \
   }
 PCV_AMX_PEAK_LOOP(amx_int8_loop, "amx-tile,amx-int8", "tdpbusd")
 PCV_AMX_PEAK_LOOP(amx_bf16_loop, "amx-tile,amx-bf16", "tdpbf16ps")
@@ -99,7 +100,8 @@ PCV_AMX_PEAK_LOOP(amx_bf16_loop, "amx-tile,amx-bf16", "tdpbf16ps")
 // Whether oneDNN's bf16 GEMMs run on AMX in this process.
 bool onednn_uses_amx_bf16() {
 #if PERCEIVER_HAVE_ONEDNN
-  return fast::cpu_has_amx(fast::Amx::bf16) && dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core_amx;
+  return fast::cpu_has_amx(fast::Amx::bf16) &&
+         dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core_amx;
 #else
   return false;
 #endif
