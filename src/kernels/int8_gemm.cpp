@@ -533,6 +533,20 @@ void prefetch_to_l2(const int8_t* begin, const int8_t* end) {
   for (const int8_t* line = begin; line < end; line += 64) __builtin_prefetch(line, 0, 2);
 }
 
+// The epilogue's view of the outputs from row m and column n on (`last`: lanes stored of the last vector).
+TileOut tile_out(const Int8Weights& w, const RowQuant* params, int m, int n, float* y, long ldy,
+                 const float* residual, bool gelu_on, int last) {
+  return TileOut{params + m,
+                 w.column_sums() + n,
+                 w.scales() + n,
+                 w.bias() + n,
+                 y + m * ldy + n,
+                 residual ? residual + m * ldy + n : nullptr,
+                 ldy,
+                 gelu_on,
+                 last};
+}
+
 // Rows [m0, m1) x panels [p0, p1) of y with AMX; q rows lda apart (a multiple of 64).
 void amx_tiles(const Int8Weights& w, const uint8_t* q, long lda, const RowQuant* params, int m0, int m1,
                int p0, int p1, float* y, long ldy, bool gelu_on, const float* residual) {
@@ -552,15 +566,7 @@ void amx_tiles(const Int8Weights& w, const uint8_t* q, long lda, const RowQuant*
         pending.sums = sums[next];
         pending.rows = rows;
         pending.nv = nt;
-        pending.out = TileOut{params + m,
-                              w.column_sums() + n0 + c,
-                              w.scales() + n0 + c,
-                              w.bias() + n0 + c,
-                              y + m * ldy + n0 + c,
-                              residual ? residual + m * ldy + n0 + c : nullptr,
-                              ldy,
-                              gelu_on,
-                              cols - 16 * (nt - 1)};
+        pending.out = tile_out(w, params, m, n0 + c, y, ldy, residual, gelu_on, cols - 16 * (nt - 1));
         next = 1 - next;
       }
     }
@@ -589,30 +595,15 @@ void block(Kernel kernel, const Int8Weights& w, const uint8_t* q, long lda, cons
       const int n0 = p * kPanel, width = w.panel_width(p), stored = std::min(width, N - n0);
       if (kernel == Kernel::avx512_vnni) {
         const int nv = (stored + 15) / 16;
-        const TileOut o{params + m,
-                        w.column_sums() + n0,
-                        w.scales() + n0,
-                        w.bias() + n0,
-                        y + m * ldy + n0,
-                        residual ? residual + m * ldy + n0 : nullptr,
-                        ldy,
-                        gelu_on,
-                        stored - 16 * (nv - 1)};
+        const TileOut o = tile_out(w, params, m, n0, y, ldy, residual, gelu_on, stored - 16 * (nv - 1));
         if (rows == kRows && nv == 4 && o.last == 16)
           tile512<kRows, 4>(a, lda, w.panel(p), width, groups, o);
         else
           any_tile512(rows, nv, a, lda, w.panel(p), width, groups, o);
       } else {
         for (int c = 0; c < stored; c += 16) {
-          const TileOut o{params + m,
-                          w.column_sums() + n0 + c,
-                          w.scales() + n0 + c,
-                          w.bias() + n0 + c,
-                          y + m * ldy + n0 + c,
-                          residual ? residual + m * ldy + n0 + c : nullptr,
-                          ldy,
-                          gelu_on,
-                          std::min(16, stored - c)};
+          const TileOut o =
+              tile_out(w, params, m, n0 + c, y, ldy, residual, gelu_on, std::min(16, stored - c));
           any_tile256(rows, a, lda, w.panel(p) + c * 4, width, groups, o);
         }
       }
