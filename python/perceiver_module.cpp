@@ -94,11 +94,12 @@ py::array_t<float> to_numpy(Tensor t) {
 
 class PyModel {
  public:
-  PyModel(const std::string& model, const std::string& precision, int threads, std::optional<std::string> revision,
-          bool preprocess_defaults) {
+  PyModel(const std::string& model, const std::string& precision, int threads,
+          std::optional<std::string> revision, bool preprocess_defaults, const std::string& pin_threads) {
     ModelOptions o;
     o.precision = parse_precision(precision);
     o.threads = threads;
+    o.pin_threads = parse_thread_pinning(pin_threads);
     if (revision) o.revision = *revision;
     o.preprocess_defaults = preprocess_defaults;
     py::gil_scoped_release release;
@@ -193,10 +194,14 @@ PYBIND11_MODULE(perceiver, m) {
                       "A loaded Perceiver IO model. Thread-safe: calls from several Python threads run in "
                       "parallel (each takes its own context); the GIL is released while images are decoded "
                       "and while the network runs.")
-      .def(py::init<const std::string&, const std::string&, int, std::optional<std::string>, bool>(),
-           py::arg("model"), py::arg("precision") = "fp32", py::arg("threads") = 0, py::arg("revision") = py::none(),
-           py::arg("preprocess_defaults") = false,
-           "Loads a model directory or hub repo id. precision: fp32 | bf16 | int8; threads: 0 = all cores.")
+      .def(py::init<const std::string&, const std::string&, int, std::optional<std::string>, bool,
+                    const std::string&>(),
+           py::arg("model"), py::arg("precision") = "fp32", py::arg("threads") = 0,
+           py::arg("revision") = py::none(), py::arg("preprocess_defaults") = false,
+           py::arg("pin_threads") = "auto",
+           "Loads a model directory or hub repo id. precision: fp32 | bf16 | int8; threads: 0 = all cores; "
+           "pin_threads: auto | on | off (each thread of a pass on a CPU of its own; auto: when the threads "
+           "cover every CPU).")
       .def_property_readonly("labels", &PyModel::labels, "id2label in index order")
       .def_property_readonly("config", &PyModel::config, "config.json as a dict")
       .def("logits", &PyModel::logits, py::arg("pixel_values"),

@@ -49,6 +49,7 @@ CpuPeak measure_cpu_peak(Precision precision, int threads, double seconds = 0.25
 
 // Whether each OpenMP thread of a forward pass runs on a CPU of its own (ModelOptions::pin_threads).
 enum class ThreadPinning { automatic, on, off };
+ThreadPinning parse_thread_pinning(const std::string& name);  // "auto", "on", "off"; else Error(usage)
 
 struct ModelOptions {
   std::filesystem::path weights_file;  // empty: model.safetensors if present, else pytorch_model.bin

@@ -32,6 +32,13 @@ Precision parse_precision(const std::string& name) {
   throw Error(ErrorKind::usage, "precision '" + name + "': expected fp32, bf16 or int8");
 }
 
+ThreadPinning parse_thread_pinning(const std::string& name) {
+  if (name == "auto") return ThreadPinning::automatic;
+  if (name == "on") return ThreadPinning::on;
+  if (name == "off") return ThreadPinning::off;
+  throw Error(ErrorKind::usage, "pin_threads '" + name + "': expected auto, on or off");
+}
+
 std::string vision_perceiver_conv_config_json() {
   nlohmann::json j;
   j["architectures"] = {"PerceiverForImageClassificationConvProcessing"};

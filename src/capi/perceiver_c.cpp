@@ -88,11 +88,8 @@ ModelOptions parse_options(const char* options_json) {
       if (!value.is_boolean()) bad("true or false");
       o.mmap_weights = value.get<bool>();
     } else if (key == "pin_threads") {
-      const std::string v = value.is_string() ? value.get<std::string>() : "";
-      if (v != "auto" && v != "on" && v != "off") bad("\"auto\", \"on\" or \"off\"");
-      o.pin_threads = v == "on"    ? ThreadPinning::on
-                      : v == "off" ? ThreadPinning::off
-                                   : ThreadPinning::automatic;
+      if (!value.is_string()) bad("a string");
+      o.pin_threads = parse_thread_pinning(value.get<std::string>());
     } else if (key == "preprocess_defaults") {
       if (!value.is_boolean()) bad("true or false");
       o.preprocess_defaults = value.get<bool>();

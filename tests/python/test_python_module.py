@@ -93,7 +93,16 @@ def test_errors_name_the_file(tmp_path):
         model.classify(str(tmp_path / "missing.png"))
     with pytest.raises(perceiver.Error, match="nowhere"):
         perceiver.Model(str(tmp_path / "nowhere"))
+    with pytest.raises(perceiver.Error, match="pin_threads 'sometimes'"):
+        perceiver.Model(str(FASHION), pin_threads="sometimes")
     assert issubclass(perceiver.Error, Exception)
+
+
+def test_pinned_and_unpinned_threads_give_the_same_logits():
+    pixels = perceiver.Model(str(FASHION)).preprocess(str(CAT))
+    pinned = perceiver.Model(str(FASHION), threads=0, pin_threads="on").logits(pixels)
+    unpinned = perceiver.Model(str(FASHION), threads=0, pin_threads="off").logits(pixels)
+    assert np.array_equal(pinned, unpinned)
 
 
 def test_threads_share_a_model():
