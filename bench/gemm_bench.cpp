@@ -15,26 +15,12 @@
 #include <dnnl.hpp>
 #include <vector>
 
+#include "bench_timing.h"
 #include "kernels/fast_gemm.h"
 #include "kernels/fast_kernels.h"
 
-namespace {
-
-double seconds_now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-struct Timing {
-  std::vector<double> s;
-  double min() const { return *std::min_element(s.begin(), s.end()); }
-  double median() const {
-    std::vector<double> v = s;
-    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-    return v[v.size() / 2];
-  }
-};
-
-}  // namespace
+using perceiver::bench::seconds_now;
+using perceiver::bench::Timing;
 
 int main(int argc, char** argv) {
   int rows = 512, in = 1024, out = 1024, threads = 2, reps = 60, weight_sets = 1;

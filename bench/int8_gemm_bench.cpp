@@ -13,28 +13,13 @@
 #include <dnnl.hpp>
 #include <vector>
 
+#include "bench_timing.h"
 #include "kernels/fast_gemm.h"
 #include "kernels/fast_kernels.h"
 #include "kernels/int8_gemm.h"
 
-namespace {
-
-double seconds_now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-struct Timing {
-  const char* name;
-  std::vector<double> s;
-  double min() const { return *std::min_element(s.begin(), s.end()); }
-  double median() const {
-    std::vector<double> v = s;
-    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-    return v[v.size() / 2];
-  }
-};
-
-}  // namespace
+using perceiver::bench::seconds_now;
+using perceiver::bench::Timing;
 
 int main(int argc, char** argv) {
   int rows = 512, in = 1024, out = 1024, threads = 2, reps = 40, weight_sets = 8;
@@ -123,7 +108,8 @@ int main(int argc, char** argv) {
               gelu ? " gelu" : "", threads, reps, weight_sets);
   std::printf("%-28s %10s %10s\n", "GEMM", "min GOP/s", "med GOP/s");
   auto row = [&](const Timing& t) {
-    if (!t.s.empty()) std::printf("%-28s %10.1f %10.1f\n", t.name, gflop / t.min(), gflop / t.median());
+    if (!t.s.empty())
+      std::printf("%-28s %10.1f %10.1f\n", t.name.c_str(), gflop / t.min(), gflop / t.median());
   };
   row(t_f32);
   for (const auto& t : t_i8) row(t);
