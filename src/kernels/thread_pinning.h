@@ -4,7 +4,7 @@
 // forward pass get moved between cores by the scheduler, sometimes both onto the same one, and spin at each
 // barrier on a core the other process needs. Pinned, each thread keeps its own CPU and the GEMMs' dynamic
 // task queues give the thread that shares its core less work: on a 2-core VM with one busy-loop process
-// beside it, fp32 ran 1.3x and int8 1.6-1.7x faster pinned, with a third of the spread (docs/performance.md).
+// beside it, fp32 ran 1.3x and int8 1.7-2.2x faster pinned, with a third of the spread (docs/performance.md).
 //
 // Pinning is on when the team covers every CPU the process may run on (it cannot then take a CPU from
 // another team of ours that an unpinned scheduler would have given it), unless OMP_PROC_BIND or
