@@ -118,14 +118,16 @@ ImageU8 idx_image_rgb(const IdxImages& images, int64_t index) {
 
 std::vector<float> fashion_mnist_test_logits(const std::filesystem::path& model_dir, ModelOptions options) {
   const IdxImages images = read_idx_images(kFashionMnistDir / "t10k-images-idx3-ubyte.gz");
-  if (images.count != 10000) throw Error(ErrorKind::bad_input, "Fashion-MNIST test set: expected 10000 images");
+  if (images.count != 10000)
+    throw Error(ErrorKind::bad_input, "Fashion-MNIST test set: expected 10000 images");
   options.preprocess_defaults = false;  // the model's own preprocessor_config.json
   auto model = Model::load(model_dir, options);
   const int num_labels = model->info().num_labels;
   std::vector<float> logits(size_t(images.count) * num_labels);
   model->create_context()->run_images(
       images.count, [&](int64_t i) { return idx_image_rgb(images, i); }, 500,
-      Context::ImageBatch::logits_output, [&](const Context::ImageBatch& b) {
+      Context::ImageBatch::logits_output,
+      [&](const Context::ImageBatch& b) {
         std::copy_n(b.logits, size_t(b.count) * num_labels, &logits[size_t(b.first) * num_labels]);
       });
   return logits;

@@ -4,6 +4,8 @@
 #include <sstream>
 
 #include "formats/npy.h"
+#include "kernels/fast_kernels.h"
+#include "kernels/int8_gemm.h"
 #include "test_util.h"
 
 namespace perceiver {
@@ -141,12 +143,17 @@ TEST(Cli, BenchJsonReportsConsistentTimings) {
     for (std::string precision : {"fp32", "bf16", "int8"}) {
       SCOPED_TRACE(weights + " " + precision);
       std::string output;
-      ASSERT_EQ(test::run_command(cli() + " bench --json --model " + quote(dir) + " --weights " +
-                                      quote(dir / weights) + " --precision " + precision +
-                                      " --batch 2 --iters 3 --warmup 1 --threads 2 2>/dev/null",
-                                  &output),
-                0)
-          << output;
+      const std::string command = cli() + " bench --json --model " + quote(dir) + " --weights " +
+                                  quote(dir / weights) + " --precision " + precision +
+                                  " --batch 2 --iters 3 --warmup 1 --threads 2";
+      if ((precision == "bf16" && !fast::use_avx512()) ||
+          (precision == "int8" && int8::best_kernel() == int8::Kernel::plain)) {  // refused on this CPU
+        EXPECT_EQ(test::run_command(command + " 2>&1", &output), 2) << output;
+        EXPECT_NE(output.find("error: --precision " + precision + " needs a CPU with"), std::string::npos)
+            << output;
+        continue;
+      }
+      ASSERT_EQ(test::run_command(command + " 2>/dev/null", &output), 0) << output;
       const auto j = nlohmann::json::parse(output);
       for (const char* key : {"median_ms", "min_ms", "images_per_s", "gflops_per_s", "peak_rss_mb", "load_ms",
                               "median_ms_per_image", "gflop_per_image", "times_ms", "cpu", "backend"})
@@ -171,7 +178,9 @@ TEST(Cli, BenchJsonReportsConsistentTimings) {
       if (peak > 0) {
         EXPECT_NEAR(fraction, j["gflops_per_s"].get<double>() / peak, 1e-9);
         EXPECT_GT(fraction, 0.0);
-        EXPECT_LT(fraction, 1.5);  // a tiny model's GEMMs reach well below the peak
+        // gflop_per_image counts HF's operations; query folding skips the cross-attention's key projection,
+        // about 40 % of this tiny model's count, so the fraction of the executed work is 0.6x the one shown.
+        EXPECT_LT(fraction, 1.5 / 0.6);
         EXPECT_FALSE(j["peak_instruction"].get<std::string>().empty());
       } else {
         EXPECT_EQ(fraction, 0.0);

@@ -195,7 +195,7 @@ class Hostile : public ::testing::Test {
     fs::create_directories(out_);
     sentinel_ = root_ / "pwned";
     conv_ = test::vectors_dir() / "conv-tiny";
-    if (!fs::exists(conv_ / "model.safetensors")) GTEST_SKIP() << "no golden vectors at " << conv_;
+    ASSERT_TRUE(fs::exists(conv_ / "model.safetensors")) << "no golden vectors at " << conv_;
     pixels_ = conv_ / "pixel_values.npy";
   }
   void TearDown() override {

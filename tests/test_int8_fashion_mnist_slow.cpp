@@ -44,7 +44,7 @@ TEST(FashionMnistInt8, AgreesWithHuggingFaceFp32) {
   try {
     logits = int8_test_set_logits("auto");
   } catch (const Error& e) {
-    GTEST_SKIP() << e.what();  // a CPU without VNNI has no fast int8 mode
+    PERCEIVER_SKIP_FOR_CPU(e.what());  // a CPU without VNNI has no fast int8 mode
   }
   ASSERT_EQ(logits.size(), want.size());
   int agree = 0, correct = 0;
@@ -98,7 +98,7 @@ TEST(FullSizeInt8, LogitsCloseToFp32) {
   try {
     got = logits_at(Precision::int8);
   } catch (const Error& e) {
-    GTEST_SKIP() << e.what();
+    PERCEIVER_SKIP_FOR_CPU(e.what());
   }
   for (int b = 0; b < B; ++b) {
     const float* g = &got[size_t(b) * 1000];

@@ -40,11 +40,17 @@ std::vector<float> random_vector(size_t n, uint32_t seed, float lo = -1.0f, floa
   return v;
 }
 
+// The precisions the fast backend runs here: bf16 needs AVX-512.
+std::vector<Precision> fast_precisions() {
+  if (fast::use_avx512()) return {Precision::fp32, Precision::bf16};
+  return {Precision::fp32};
+}
+
 class KernelTest : public ::testing::Test {
  protected:
   void SetUp() override {
     fast_ = make_best_backend(2);
-    if (fast_->name() == "reference") GTEST_SKIP() << "no fast backend on this build or CPU";
+    if (fast_->name() == "reference") PERCEIVER_SKIP_FOR_CPU("no fast backend on this build or CPU");
     ref_ = make_reference_backend(2);
   }
   std::unique_ptr<Backend> fast_, ref_;
@@ -100,7 +106,7 @@ TEST_F(KernelTest, LinearMatchesReferenceOnOddShapes) {
       {100, 1536, 16, true, Activation::gelu, 0, 0},
   };
   for (const auto& c : cases)
-    for (Precision p : {Precision::fp32, Precision::bf16}) {
+    for (Precision p : fast_precisions()) {
       SCOPED_TRACE(::testing::Message()
                    << c.rows << "x" << c.in << "->" << c.out << " act " << int(c.act) << " residual "
                    << c.residual << " pad " << c.pad << " " << precision_name(p));
@@ -125,7 +131,7 @@ TEST_F(KernelTest, StackedPartsMatchReference) {
       {w[0].data(), b[0].data(), 5}, {w[1].data(), nullptr, 16}, {w[2].data(), b[2].data(), 27}};
   const int N = 48;
   auto x = random_vector(size_t(rows) * K, 30, -2.0f, 2.0f);
-  for (Precision p : {Precision::fp32, Precision::bf16}) {
+  for (Precision p : fast_precisions()) {
     SCOPED_TRACE(precision_name(p));
     std::vector<float> got(size_t(rows) * N), want(size_t(rows) * N);
     fast_->linear(*fast_->pack_linear(parts, K, p, false), x.data(), K, rows, got.data(), N, Activation::none,
@@ -145,6 +151,7 @@ TEST_F(KernelTest, StackedPartsMatchReference) {
 }
 
 TEST_F(KernelTest, Bf16LinearStaysCloseToFp32) {
+  if (!fast::use_avx512()) PERCEIVER_SKIP_FOR_CPU("this CPU has no AVX-512: no bf16 linear");
   // bf16 inputs carry 8 significant bits: a K = 1024 dot product of O(1) values is off by about 2^-9 of the
   // typical magnitude; 1e-2 of max(1, max|want|) is a loose sanity bound.
   const LinearCase c{64, 1024, 256, true, Activation::none, 0, 0};
@@ -159,7 +166,7 @@ TEST_F(KernelTest, Bf16LinearStaysCloseToFp32) {
 // k-blocks of 1024 (one block here), 512 (three) and 256 (five) give bit-identical outputs, with bias,
 // residual and GELU; and they match the reference backend.
 TEST(FastGemm, KBlockingLeavesResultsBitIdentical) {
-  if (!fast::use_avx512()) GTEST_SKIP() << "this CPU has no AVX-512: fast_gemm does not run here";
+  if (!fast::use_avx512()) PERCEIVER_SKIP_FOR_CPU("this CPU has no AVX-512: fast_gemm does not run here");
   const int K = 1100, N = 200, rows = 37;
   const auto w = random_vector(size_t(N) * K, 41, -0.1f, 0.1f), bias = random_vector(N, 42),
              x = random_vector(size_t(rows) * K, 43, -2.0f, 2.0f),
@@ -193,7 +200,7 @@ TEST(FastGemm, KBlockingLeavesResultsBitIdentical) {
 // each of them at the residual's size: about sqrt(K) ulps of error (40 here), which compounded to 7x HF's
 // error on the full-size model's logits. One k-block and several (partial sums kept apart).
 TEST(FastGemm, ResidualIsAddedAfterTheProducts) {
-  if (!fast::use_avx512()) GTEST_SKIP() << "this CPU has no AVX-512: fast_gemm does not run here";
+  if (!fast::use_avx512()) PERCEIVER_SKIP_FOR_CPU("this CPU has no AVX-512: fast_gemm does not run here");
   const int K = 1024, N = 96, rows = 13;
   const auto w = random_vector(size_t(N) * K, 51), bias = random_vector(N, 52),
              x = random_vector(size_t(rows) * K, 53);
@@ -220,7 +227,7 @@ TEST(FastGemm, ResidualIsAddedAfterTheProducts) {
 
 // Denormal weights and biases are packed as 0, everything else bit for bit (as a [N, K] -> panels copy).
 TEST(FastGemm, PackingFlushesDenormalWeights) {
-  if (!fast::use_avx512()) GTEST_SKIP() << "this CPU has no AVX-512: fast_gemm does not run here";
+  if (!fast::use_avx512()) PERCEIVER_SKIP_FOR_CPU("this CPU has no AVX-512: fast_gemm does not run here");
   const int K = 300, N = 70;
   auto w = random_vector(size_t(N) * K, 45), bias = random_vector(N, 46);
   for (size_t i = 0; i < w.size(); i += 7) w[i] *= 1e-39f;  // denormal (|w| < 1.2e-38), some become 0
@@ -410,7 +417,7 @@ TEST_F(KernelTest, AttentionMatchesReference) {
       {1, 2, 40, 300, 16, 16, 0, 40.0f},     // huge score gaps: most exp() terms flushed to 0
   };
   for (const auto& c : cases)
-    for (Precision p : {Precision::fp32, Precision::bf16})
+    for (Precision p : fast_precisions())
       for (bool probs : {false, true}) {
         SCOPED_TRACE(::testing::Message()
                      << c.batch << "x" << c.heads << " heads, nq " << c.nq << ", nk " << c.nk << ", d "

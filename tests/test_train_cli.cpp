@@ -34,13 +34,16 @@ std::filesystem::path make_dataset() {
   return root;
 }
 
+// The reference backend's encoder latents, so the files match whatever the CPU and thread count
+// (docs/train-head.md, Determinism).
 TEST(TrainCli, TrainHeadWritesADeterministicLoadableModel) {
   const auto model = test::shared_dir() / "models" / "fashion-mnist-conv";
   const auto data = make_dataset();
   const auto out1 = data.parent_path() / "m1", out2 = data.parent_path() / "m2";
   std::string output;
-  const std::string args = " --model " + quote(model) + " --data " + quote(data) +
-                           " --epochs 3 --batch-size 4 --lr 3e-3 --val-split 0.25 --seed 7 -q";
+  const std::string args =
+      " --model " + quote(model) + " --data " + quote(data) +
+      " --epochs 3 --batch-size 4 --lr 3e-3 --val-split 0.25 --seed 7 --backend reference -q";
   ASSERT_EQ(test::run_command(cli() + " train-head" + args + " --out " + quote(out1) + " --json", &output), 0)
       << output;
   auto summary = nlohmann::json::parse(output.substr(output.find('{')));

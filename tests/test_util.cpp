@@ -16,6 +16,11 @@ std::filesystem::path shared_dir() {
   return PERCEIVER_SHARED_DIR_DEFAULT;
 }
 std::filesystem::path vectors_dir() { return shared_dir() / "vectors"; }
+
+bool cpu_skips_are_failures() {
+  const char* v = std::getenv("PERCEIVER_TESTS_REQUIRE_CPU");
+  return v && *v && std::string(v) != "0";
+}
 std::filesystem::path source_dir() { return PERCEIVER_SOURCE_DIR; }
 std::filesystem::path cli_path() { return PERCEIVER_CLI_PATH; }
 

@@ -28,4 +28,19 @@ std::string shell_quote(const std::filesystem::path& path);
 // Runs a shell command, returns its exit status; stdout+stderr captured into *output when non-null.
 int run_command(const std::string& command, std::string* output = nullptr);
 
+// Whether $PERCEIVER_TESTS_REQUIRE_CPU is set (CI sets it): its machines have AVX-512 VNNI, so a check that
+// this CPU cannot run is a failure there, not a skip that would hide a broken dispatch.
+bool cpu_skips_are_failures();
+
 }  // namespace perceiver::test
+
+// For a check that needs a CPU feature (AVX-512, VNNI) this machine lacks: skips the test, or fails it where
+// cpu_skips_are_failures(). Returns from the test function (or SetUp) either way.
+#define PERCEIVER_SKIP_FOR_CPU(why)                             \
+  do {                                                          \
+    if (::perceiver::test::cpu_skips_are_failures()) {          \
+      GTEST_FAIL() << "this CPU cannot run the check: " << why; \
+    } else {                                                    \
+      GTEST_SKIP() << why;                                      \
+    }                                                           \
+  } while (0)
