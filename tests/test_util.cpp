@@ -9,6 +9,9 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "kernels/fast_kernels.h"
+#include "perceiver/error.h"
+
 namespace perceiver::test {
 
 std::filesystem::path shared_dir() {
@@ -17,9 +20,16 @@ std::filesystem::path shared_dir() {
 }
 std::filesystem::path vectors_dir() { return shared_dir() / "vectors"; }
 
-bool cpu_skips_are_failures() {
-  const char* v = std::getenv("PERCEIVER_TESTS_REQUIRE_CPU");
-  return v && *v && std::string(v) != "0";
+bool cpu_skips_are_failures() { return fast::env_flag("PERCEIVER_TESTS_REQUIRE_CPU"); }
+
+void expect_refused_on_this_cpu(const std::function<void()>& run, const std::string& message) {
+  try {
+    run();
+    ADD_FAILURE() << "ran, where this CPU should be refused with: " << message;
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::usage);
+    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+  }
 }
 std::filesystem::path source_dir() { return PERCEIVER_SOURCE_DIR; }
 std::filesystem::path cli_path() { return PERCEIVER_CLI_PATH; }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,9 @@ int run_command(const std::string& command, std::string* output = nullptr);
 // Whether $PERCEIVER_TESTS_REQUIRE_CPU is set (CI sets it): its machines have AVX-512 VNNI, so a check that
 // this CPU cannot run is a failure there, not a skip that would hide a broken dispatch.
 bool cpu_skips_are_failures();
+
+// For a precision this CPU lacks: run() throws a usage Error whose message contains `message`.
+void expect_refused_on_this_cpu(const std::function<void()>& run, const std::string& message);
 
 }  // namespace perceiver::test
 

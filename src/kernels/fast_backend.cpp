@@ -107,7 +107,7 @@ class FastLinear : public PackedLinear {
   Precision precision = Precision::fp32;
   md weight_md;
   dnnl::memory weights, bias;  // packed weights and the bias own their buffers; in-place weights do not
-  std::unique_ptr<fast::GemmWeights> own;  // fp32 on AVX-512: our GEMM (fast_gemm.h) instead of oneDNN
+  std::unique_ptr<fast::GemmWeights> own;   // fp32 on AVX-512: our GEMM (fast_gemm.h) instead of oneDNN
   std::unique_ptr<int8::Int8Weights> int8;  // int8: our VNNI GEMM (int8_gemm.h)
 };
 
@@ -188,7 +188,6 @@ class FastBackend final : public Backend {
   std::unique_ptr<Backend> clone() const override { return std::make_unique<FastBackend>(threads_, engine_); }
   int threads() const override { return threads_; }
 
-
   // fp32 on AVX-512 runs our own GEMM, which wants its packed layout; elsewhere oneDNN reads fp32 in place.
   bool reads_in_place(Precision precision) const override {
     return precision == Precision::fp32 && !fast::use_avx512();
@@ -197,12 +196,13 @@ class FastBackend final : public Backend {
   using Backend::pack_linear;
   std::unique_ptr<PackedLinear> pack_linear(const std::vector<LinearPart>& parts, int in_features,
                                             Precision precision, bool in_place) override {
-    if (precision == Precision::bf16 && (!fast::cpu_has_avx512() || std::getenv("PERCEIVER_DISABLE_AVX512")))
+    if (precision == Precision::bf16 && !fast::use_avx512())
       throw Error(ErrorKind::usage,
                   "--precision bf16 needs a CPU with AVX-512; this one has none (use fp32)");
     if (precision == Precision::int8 && int8::best_kernel() == int8::Kernel::plain)
-      throw Error(ErrorKind::usage,
-                  "--precision int8 needs a CPU with AVX-512 VNNI or AVX-VNNI; this one has neither (use fp32)");
+      throw Error(
+          ErrorKind::usage,
+          "--precision int8 needs a CPU with AVX-512 VNNI or AVX-VNNI; this one has neither (use fp32)");
     ThreadCount tc(threads_);
     auto w = std::make_unique<FastLinear>();
     w->in_features = in_features;

@@ -249,8 +249,13 @@ void gelu_inplace(float* y, int n) {
 
 // Dispatch once per process on what this CPU supports. PERCEIVER_DISABLE_AVX512=1 forces the portable loops
 // (tests use it, with ONEDNN_MAX_CPU_ISA=AVX2, to check the path other CPUs take).
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v && std::strcmp(v, "0") != 0;
+}
+
 namespace {
-const bool kUseAvx512 = cpu_has_avx512() && !std::getenv("PERCEIVER_DISABLE_AVX512");
+const bool kUseAvx512 = cpu_has_avx512() && !env_flag("PERCEIVER_DISABLE_AVX512");
 }
 
 bool use_avx512() { return kUseAvx512; }

@@ -11,6 +11,8 @@ bool cpu_has_avx512();       // avx512f + avx512bw + avx512dq + avx512vl
 bool cpu_has_avx512_bf16();  // vcvtneps2bf16
 // The AVX-512 kernels are in use: the CPU has them and PERCEIVER_DISABLE_AVX512 is not set.
 bool use_avx512();
+// A switch in the environment (PERCEIVER_DISABLE_AVX512, _AMX, _VNNI): set, non-empty and not "0".
+bool env_flag(const char* name);
 
 // AMX tiles of the given kind are usable by this process: the CPU has AMX-TILE and AMX-INT8 (or AMX-BF16),
 // AVX-512 is in use, and Linux granted the tile state (arch_prctl ARCH_REQ_XCOMP_PERM, asked once per

@@ -248,11 +248,16 @@ PCV_VNNI512 inline void tile512(const uint8_t* a, long lda, const int8_t* b, int
   static_assert(R >= 1 && R <= 6 && NV >= 1 && NV <= 4);
 #define PCV_ACC(i) \
   __m512i c##i##0 = _mm512_setzero_si512(), c##i##1 = c##i##0, c##i##2 = c##i##0, c##i##3 = c##i##0;
+  // clang-format off
   PCV_ACC(0)
   PCV_ACC(1)
-  PCV_ACC(2) PCV_ACC(3) PCV_ACC(4) PCV_ACC(5)
+  PCV_ACC(2)
+  PCV_ACC(3)
+  PCV_ACC(4)
+  PCV_ACC(5)
+  // clang-format on
 #undef PCV_ACC
-      const size_t stride = size_t(width) * 4;
+  const size_t stride = size_t(width) * 4;
   for (int g = 0; g < groups; ++g) {
     const int8_t* bg = b + g * stride;
     const __m512i b0 = _mm512_loadu_si512(bg);
@@ -280,11 +285,16 @@ PCV_VNNI512 inline void tile512(const uint8_t* a, long lda, const int8_t* b, int
     if constexpr (NV > 2) _mm512_store_si512(sums + (i * NV + (NV > 2 ? 2 : 0)) * 16, c##i##2); \
     if constexpr (NV > 3) _mm512_store_si512(sums + (i * NV + (NV > 3 ? 3 : 0)) * 16, c##i##3); \
   }
+  // clang-format off
   PCV_SAVE(0)
   PCV_SAVE(1)
-  PCV_SAVE(2) PCV_SAVE(3) PCV_SAVE(4) PCV_SAVE(5)
+  PCV_SAVE(2)
+  PCV_SAVE(3)
+  PCV_SAVE(4)
+  PCV_SAVE(5)
+  // clang-format on
 #undef PCV_SAVE
-      store512(sums, R, NV, o);
+  store512(sums, R, NV, o);
 }
 
 template <int R>
@@ -613,11 +623,6 @@ void block(Kernel kernel, const Int8Weights& w, const uint8_t* q, long lda, cons
   }
 }
 
-bool env_set(const char* name) {
-  const char* v = std::getenv(name);
-  return v && *v && std::strcmp(v, "0") != 0;
-}
-
 }  // namespace
 
 RowQuant row_quant(float min_x, float max_x) {
@@ -691,11 +696,11 @@ bool kernel_supported(Kernel kernel) {
 Kernel best_kernel() {
   static const Kernel best = [] {
     // PERCEIVER_DISABLE_VNNI: as on a CPU with neither (AVX2 only; the tests use it).
-    if (env_set("PERCEIVER_DISABLE_VNNI")) return Kernel::plain;
-    if (!env_set("PERCEIVER_DISABLE_AVX512") && !env_set("PERCEIVER_DISABLE_AMX") &&
+    if (fast::env_flag("PERCEIVER_DISABLE_VNNI")) return Kernel::plain;
+    if (!fast::env_flag("PERCEIVER_DISABLE_AVX512") && !fast::env_flag("PERCEIVER_DISABLE_AMX") &&
         kernel_supported(Kernel::amx_int8))
       return Kernel::amx_int8;
-    if (!env_set("PERCEIVER_DISABLE_AVX512") && kernel_supported(Kernel::avx512_vnni))
+    if (!fast::env_flag("PERCEIVER_DISABLE_AVX512") && kernel_supported(Kernel::avx512_vnni))
       return Kernel::avx512_vnni;
     if (kernel_supported(Kernel::avx_vnni)) return Kernel::avx_vnni;
     return Kernel::plain;

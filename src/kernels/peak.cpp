@@ -107,17 +107,7 @@ bool onednn_uses_amx_bf16() {
 #endif
 }
 
-bool env_set(const char* name) {
-  const char* v = std::getenv(name);
-  return v && *v && std::strcmp(v, "0") != 0;
-}
-
-bool has_avx512() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-         !env_set("PERCEIVER_DISABLE_AVX512");
-}
+bool has_avx512() { return fast::use_avx512(); }
 
 bool has_avx512_bf16() {
   if (!has_avx512()) return false;
